@@ -1,0 +1,35 @@
+# One venv for everything; `make setup` is idempotent (re-runs only when the dependency files change).
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+DEMO_OUT ?= demo-output
+
+.PHONY: setup demo test bench eval-nlp eval-anatomy clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	# torch 2.14.1 / torchvision 0.29.1 are pinned: pip takes them from local wheels where present
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[test]'
+	touch $(STAMP)
+
+demo: setup
+	$(VENV)/bin/mimic-ils demo --output $(DEMO_OUT)
+
+test: setup
+	$(PY) -m pytest -n 2 --dist loadfile -q
+
+bench: setup
+	$(PY) bench/bench_structuring.py
+	$(PY) bench/bench_pipeline.py
+
+eval-nlp: setup
+	$(PY) bench/eval_nlp.py
+
+eval-anatomy: setup
+	$(PY) bench/eval_anatomy.py
+
+clean:
+	rm -rf $(DEMO_OUT) .pytest_cache

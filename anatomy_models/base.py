@@ -1,0 +1,79 @@
+"""The vision interfaces: anatomy, lesion prior, mask refinement. One file per backend, a registry by name.
+
+Shaped after Beam's `ModelHandler`: a backend is built from its config section, loads its model once
+(`load`), then processes lists of images. Beam wrappers in `pipeline/` hold one instance per worker.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from transforms.records import AnatomyResult, Box, LesionPrior, RefinedMask
+
+
+class AnatomyBackend(ABC):
+    name: str
+    version: str = "0"
+
+    def load(self) -> None:
+        """Load weights; called once per worker before the first batch."""
+
+    @abstractmethod
+    def segment(self, images: Sequence[np.ndarray]) -> list[AnatomyResult]:
+        """Images are 2-D (uint8 or float, any size); masks come back at each image's own size."""
+
+
+class LesionPriorBackend(ABC):
+    name: str
+    version: str = "0"
+
+    def load(self) -> None:
+        """Load weights; called once per worker before the first batch."""
+
+    @abstractmethod
+    def predict(self, images: Sequence[np.ndarray], anatomies: Sequence[AnatomyResult]) -> list[LesionPrior]:
+        """One LesionPrior per image, maps at the image's own size."""
+
+
+class MaskRefiner(ABC):
+    name: str
+    version: str = "0"
+
+    def load(self) -> None:
+        """Load weights; called once per worker before the first image."""
+
+    @abstractmethod
+    def refine(self, image: np.ndarray, boxes: Sequence[Box], seeds: Sequence[np.ndarray]) -> list[RefinedMask]:
+        """One mask per box for one image (one image embedding reused for every prompt).
+
+        `seeds[i]` is the candidate's prior component (bool, image size), a hint for refiners that use one.
+        """
+
+
+_REGISTRIES: dict[str, dict[str, Callable[..., Any]]] = {"anatomy": {}, "lesion_prior": {}, "refiner": {}}
+
+
+def register(kind: str, name: str):
+    """Class decorator: make a backend constructible by name from config."""
+
+    def wrap(cls):
+        _REGISTRIES[kind][name] = cls
+        cls.name = name
+        return cls
+
+    return wrap
+
+
+def create(kind: str, name: str, **options: Any):
+    """Build the backend `name` of `kind` ('anatomy', 'lesion_prior', 'refiner') with its config options."""
+    import anatomy_models.backends  # noqa: F401  (imports every backend module so they register)
+
+    try:
+        factory = _REGISTRIES[kind][name]
+    except KeyError:
+        known = ", ".join(sorted(_REGISTRIES[kind])) or "none"
+        raise ValueError(f"unknown {kind} backend '{name}' (known: {known})") from None
+    return factory(**options)

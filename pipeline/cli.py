@@ -1,0 +1,191 @@
+"""`mimic-ils`: the user's face (DESIGN.md §4). User errors end in one line that says what to do."""
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import time
+from pathlib import Path
+
+from pipeline.errors import UserError
+
+DEMO_STUDIES = 40
+
+
+def _print_run(summary) -> None:
+    print(f"run directory: {summary.out_dir}")
+    for name, count in summary.counts.items():
+        print(f"  {name:<10} {count:>7} rows   {summary.out_dir / name}")
+    rate = summary.n_studies / summary.seconds if summary.seconds else float("nan")
+    print(f"pipeline: {summary.n_studies} studies in {summary.seconds:.1f} s ({rate:.2f} studies/s)")
+    if summary.problems:
+        print(f"contract check: {len(summary.problems)} problems, first: {summary.problems[0]}")
+    else:
+        print("contract check: passed")
+
+
+def cmd_synth(args) -> int:
+    from pipeline.synth import synthesize_corpus
+
+    started = time.perf_counter()
+    counts = synthesize_corpus(Path(args.out), args.studies, seed=args.seed)
+    print(f"synthetic corpus: {Path(args.out).resolve()} ({time.perf_counter() - started:.1f} s)")
+    for key, value in counts.items():
+        print(f"  {key:<22} {value}")
+    return 0
+
+
+def cmd_run(args, beam_args: list[str]) -> int:
+    from pipeline.config import load_config
+    from pipeline.run import run_pipeline
+
+    summary = run_pipeline(Path(args.input), Path(args.output), load_config(args.config, args.set), beam_args,
+                           overwrite=args.overwrite)
+    _print_run(summary)
+    return 1 if summary.problems else 0
+
+
+def cmd_demo(args, beam_args: list[str]) -> int:
+    from pipeline.config import load_config
+    from pipeline.run import run_pipeline
+    from pipeline.synth import synthesize_corpus
+
+    out = Path(args.output).resolve()
+    corpus, run_dir = out / "corpus", out / "run"
+    if corpus.exists():
+        if not (corpus / "ground_truth").is_dir():
+            raise UserError(f"{corpus} exists and is not a synthetic corpus: choose another --output")
+        shutil.rmtree(corpus)
+    started = time.perf_counter()
+    synthesize_corpus(corpus, args.studies, seed=args.seed)
+    print(f"synthetic corpus: {corpus} ({args.studies} studies, {time.perf_counter() - started:.1f} s)")
+    summary = run_pipeline(corpus, run_dir, load_config("classical", args.set), beam_args, overwrite=True)
+    _print_run(summary)
+    print(f"demo wall time: {time.perf_counter() - started:.1f} s")
+    return 1 if summary.problems else 0
+
+
+def cmd_structure(args) -> int:
+    import pyarrow.parquet as pq
+
+    import pyarrow as pa
+    from pipeline.config import load_config
+    from schemas.tables import FINDINGS, with_version
+    from transforms.report_readers import iter_reports
+    from transforms.structuring import RuleStructurer, load_vocabulary
+
+    config = load_config(args.config, args.set).config
+    structurer = RuleStructurer(load_vocabulary(config.structuring.vocabulary))
+    source = Path(args.input)
+    if not source.exists():
+        raise UserError(f"input not found: {source}")
+    reports = list(iter_reports(source))
+    started = time.perf_counter()
+    rows = [f.as_row() for findings in structurer.structure(reports) for f in findings]
+    seconds = time.perf_counter() - started
+    table = pa.Table.from_pylist(rows, schema=with_version(FINDINGS, "findings"))
+    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(table, args.output, compression="zstd")
+    print(f"{len(reports)} reports -> {len(rows)} findings in {seconds:.2f} s -> {args.output}")
+    return 0
+
+
+def cmd_anatomy(args) -> int:
+    import cv2
+
+    from anatomy_models.base import create
+    from transforms.images import decode_for_models
+    from transforms.masks import resize_mask
+
+    images = sorted(p for p in Path(args.images).iterdir() if p.suffix.lower() in {".png", ".jpg", ".jpeg"}) \
+        if Path(args.images).is_dir() else []
+    if not images:
+        raise UserError(f"no .png/.jpg images in {args.images}")
+    backend = create("anatomy", args.backend, **dict(_options(args.option)))
+    backend.load()
+    out = Path(args.output)
+    for path in images:
+        pixels, (height, width) = decode_for_models(path, args.work_size)
+        (result,) = backend.segment([pixels])
+        folder = out / path.stem
+        folder.mkdir(parents=True, exist_ok=True)
+        for name, mask in result.masks.items():
+            cv2.imwrite(str(folder / f"{name}.png"), resize_mask(mask, height, width).astype("uint8") * 255)
+    print(f"{len(images)} images -> {out} (backend {args.backend})")
+    return 0
+
+
+def _options(pairs: list[str]) -> list[tuple[str, object]]:
+    import yaml
+
+    out = []
+    for item in pairs or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise UserError(f"--option takes KEY=VALUE, got '{item}'")
+        out.append((key, yaml.safe_load(value)))
+    return out
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mimic-ils", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    synth = sub.add_parser("synth", help="write a synthetic corpus in the PhysioNet MIMIC-CXR-JPG layout")
+    synth.add_argument("--studies", type=int, default=DEMO_STUDIES)
+    synth.add_argument("--out", required=True)
+    synth.add_argument("--seed", type=int, default=0)
+
+    def config_args(p):
+        p.add_argument("--config", default="classical", help="shipped name (classical, default) or a YAML path")
+        p.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE", help="override one config value")
+
+    run = sub.add_parser("run", help="run the pipeline; unknown options go to Beam (e.g. --runner, --direct_num_workers)")
+    run.add_argument("--input", required=True, help="corpus root (MIMIC-CXR-JPG layout)")
+    run.add_argument("--output", required=True, help="run directory")
+    run.add_argument("--overwrite", action="store_true", help="replace the tables of an existing run directory")
+    config_args(run)
+
+    demo = sub.add_parser("demo", help="synthesise a small corpus and run the classical pipeline on it")
+    demo.add_argument("--output", default="mimic-ils-demo")
+    demo.add_argument("--studies", type=int, default=DEMO_STUDIES)
+    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE")
+
+    structure = sub.add_parser("structure", help="report structuring alone -> findings Parquet")
+    structure.add_argument("--input", required=True, help="MIMIC corpus root, OpenI XML folder or .tgz, or a CSV")
+    structure.add_argument("--output", required=True, help="findings .parquet file")
+    config_args(structure)
+
+    anatomy = sub.add_parser("anatomy", help="anatomy masks alone: OUT/<image stem>/<CXAS name>.png")
+    anatomy.add_argument("--backend", default="classical")
+    anatomy.add_argument("--images", required=True)
+    anatomy.add_argument("--output", required=True)
+    anatomy.add_argument("--work-size", type=int, default=512)
+    anatomy.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help="backend option")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args, extra = _parser().parse_known_args(argv)
+    takes_beam_args = args.command in {"run", "demo"}
+    if extra and not takes_beam_args:
+        print(f"mimic-ils {args.command}: unknown arguments: {' '.join(extra)}", file=sys.stderr)
+        return 2
+    try:
+        if args.command == "synth":
+            return cmd_synth(args)
+        if args.command == "run":
+            return cmd_run(args, extra)
+        if args.command == "demo":
+            return cmd_demo(args, extra)
+        if args.command == "structure":
+            return cmd_structure(args)
+        return cmd_anatomy(args)
+    except UserError as exc:
+        print(f"mimic-ils {args.command}: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

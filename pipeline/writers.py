@@ -1,0 +1,55 @@
+"""Parquet shards of the output tables: deterministic (sorted, stable shard keys) and atomic (temp + rename)."""
+from __future__ import annotations
+
+import hashlib
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from apache_beam.io.filesystems import FileSystems
+
+from schemas.tables import SORT_KEYS, TABLES, with_version
+
+
+def shard_of(study_id: str | None, n_shards: int) -> int:
+    digest = hashlib.sha256((study_id or "").encode()).digest()
+    return int.from_bytes(digest[:8], "little") % n_shards
+
+
+def shard_path(out_dir: str, table: str, shard: int) -> str:
+    return FileSystems.join(out_dir, table, f"part-{shard:05d}.parquet")
+
+
+def table_to_bytes(table_name: str, rows: list[dict], row_group_rows: int, compression: str) -> bytes:
+    keys = SORT_KEYS[table_name]
+    ordered = sorted(rows, key=lambda r: tuple("" if r.get(k) is None else str(r[k]) for k in keys))
+    table = pa.Table.from_pylist(ordered, schema=with_version(TABLES[table_name], table_name))
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink, row_group_size=row_group_rows, compression=compression)
+    return sink.getvalue().to_pybytes()
+
+
+def write_atomically(path: str, payload: bytes) -> None:
+    """Write beside the target, then rename: a killed run never leaves a complete-looking partial shard."""
+    temp = path + ".inprogress"
+    with FileSystems.create(temp) as handle:
+        handle.write(payload)
+    if FileSystems.exists(path):
+        FileSystems.delete([path])
+    FileSystems.rename([temp], [path])
+
+
+def write_shard(out_dir: str, table_name: str, shard: int, rows: list[dict], row_group_rows: int,
+                compression: str) -> str:
+    path = shard_path(out_dir, table_name, shard)
+    write_atomically(path, table_to_bytes(table_name, rows, row_group_rows, compression))
+    return path
+
+
+def read_table(out_dir: str, table_name: str) -> pa.Table:
+    """All shards of one table of a local run directory, in shard order."""
+    pattern = FileSystems.join(out_dir, table_name, "part-*.parquet")
+    paths = sorted(m.path for m in FileSystems.match([pattern])[0].metadata_list)
+    schema = with_version(TABLES[table_name], table_name)
+    if not paths:
+        return schema.empty_table()
+    return pa.concat_tables([pq.read_table(p, schema=schema) for p in paths])

@@ -1,0 +1,102 @@
+"""Validated run configuration (pydantic). YAML files in `configs/` fill these models.
+
+Each section belongs to one stage; backends receive their `options` dict as keyword arguments and
+validate it themselves, so a new backend needs a config line, not a change here.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from schemas.vocab import FRONTAL_VIEWS, InstructionType, LesionType, Location, NegativeKind
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class CorpusConfig(_Section):
+    reader: str = "mimic-cxr-jpg"
+    frontal_views: list[str] = Field(default_factory=lambda: list(FRONTAL_VIEWS))
+
+
+class VisionConfig(_Section):
+    # Long side, in pixels, that images are decoded to for the models; masks are stored at source size.
+    work_size: int = Field(512, ge=64, le=4096)
+    batch_size: int = Field(8, ge=1)
+
+
+class BackendConfig(_Section):
+    backend: str
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class StructuringConfig(_Section):
+    backend: str = "rules"
+    vocabulary: str = "en_cxr"  # a name under configs/vocabularies/ or a path to a YAML file
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class FusionRule(_Section):
+    """How candidates of one lesion type become its mask."""
+
+    # 'reported': the reported locations (dilated); 'lung_base': the bases of the reported sides;
+    # 'heart': the heart mask itself (cardiomegaly); 'lungs': anywhere in the lungs (diffuse types).
+    region: str = "reported"
+    region_dilation: float = Field(0.04, ge=0, le=0.5)  # of the image's long side
+    min_cardiothoracic_ratio: float | None = None  # cardiomegaly only
+
+    @field_validator("region")
+    @classmethod
+    def _known_region(cls, value: str) -> str:
+        if value not in {"reported", "lung_base", "heart", "lungs"}:
+            raise ValueError(f"unknown fusion region '{value}'")
+        return value
+
+
+class GroundingConfig(_Section):
+    prior_threshold: float = Field(0.5, gt=0, lt=1)  # prior map level that outlines candidates
+    min_region_overlap: float = Field(0.3, ge=0, le=1)  # c1
+    min_confidence: float = Field(0.3, ge=0, le=1)  # c2
+    min_prior_mass: float = Field(0.1, ge=0, le=1)  # c3
+    min_area_fraction: float = Field(0.005, ge=0, le=1)  # c4, of the lung area
+    min_location_coverage: float = Field(0.1, ge=0, le=1)  # verify: share of the mask in a location
+    max_empty_location_prior: float = Field(0.2, ge=0, le=1)  # a location is empty below this mean prior
+    fusion: dict[LesionType, FusionRule] = Field(default_factory=dict)
+
+
+class PairsConfig(_Section):
+    seed: int = 0
+    templates: dict[InstructionType, list[str]]
+    negative_templates: dict[InstructionType, list[str]]
+    answers: dict[str, list[str]]
+    # Lesion types asked with a location ('basic'); others only 'global' (cardiomegaly: always the heart).
+    located_types: list[LesionType]
+    # negatives per positive pair, per split; the kinds are drawn with these weights
+    negative_ratio: dict[str, float]
+    # every usable frontal image gets at least this many negatives (normal studies included)
+    min_negatives_per_image: int = Field(2, ge=0)
+    negative_kind_weights: dict[NegativeKind, float]
+    # location unions asked as one instruction when a lesion is grounded in all of them
+    location_unions: list[list[Location]] = Field(default_factory=list)
+
+
+class OutputConfig(_Section):
+    studies_per_shard: int = Field(2000, ge=1)
+    row_group_rows: int = Field(50_000, ge=1000)
+    compression: str = "zstd"
+    check_contract: bool = True  # check the written run against DESIGN.md §3 at the end
+
+
+class PipelineConfig(_Section):
+    name: str
+    corpus: CorpusConfig = Field(default_factory=CorpusConfig)
+    structuring: StructuringConfig = Field(default_factory=StructuringConfig)
+    vision: VisionConfig = Field(default_factory=VisionConfig)
+    anatomy: BackendConfig
+    lesion_prior: BackendConfig
+    refiner: BackendConfig
+    grounding: GroundingConfig
+    pairs: PairsConfig
+    output: OutputConfig = Field(default_factory=OutputConfig)

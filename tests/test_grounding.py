@@ -1,0 +1,98 @@
+import numpy as np
+import pytest
+
+from pipeline.config import load_config
+from schemas.vocab import DiscardReason
+from transforms.grounding import (
+    cardiothoracic_ratio,
+    empty_locations,
+    fuse_and_verify,
+    ground_findings,
+    select_candidates,
+)
+from transforms.records import RefinedMask
+
+from conftest import blob, make_finding, toy_prior
+
+
+@pytest.fixture
+def grounding_config():
+    return load_config("classical").config.grounding
+
+
+class EchoRefiner:
+    """Returns each candidate's own component: isolates grounding logic from any refiner."""
+
+    name = "echo"
+
+    def __init__(self):
+        self.calls = 0
+
+    def refine(self, image, boxes, seeds):
+        self.calls += 1
+        return [RefinedMask(mask=seed.copy(), score=0.8) for seed in seeds]
+
+
+def test_lesion_in_reported_base_is_grounded(toy_anatomy, grounding_config):
+    prior = toy_prior({"consolidation": blob(150, 60, 12)})
+    finding = make_finding("consolidation", ["right lung base"])
+    (g,) = ground_findings([finding], toy_anatomy, prior, np.zeros((200, 200), np.uint8), EchoRefiner(), grounding_config)
+    assert g.discard is None
+    assert g.grounded_locations == ("right lung base",)
+    assert g.mask[150, 60] and not g.mask[:, 100:].any()
+    assert "left lung" in g.unreached_locations and "right lung base" not in g.unreached_locations
+    assert 0 < g.scores["prior_mass"] <= 1
+
+
+def test_lesion_on_the_other_side_is_outside_reported_region(toy_anatomy, grounding_config):
+    prior = toy_prior({"consolidation": blob(150, 140, 12)})
+    selection = select_candidates(make_finding("consolidation", ["right lung base"]), toy_anatomy, prior, grounding_config)
+    assert selection.discard == DiscardReason.OUTSIDE_REPORTED_REGION
+    assert selection.details["candidates"][0]["region_overlap"] == 0
+
+
+def test_no_signal_and_tiny_and_weak_candidates_are_rejected_with_reasons(toy_anatomy, grounding_config):
+    finding = make_finding("atelectasis", ["left lung base"])
+    assert select_candidates(finding, toy_anatomy, toy_prior(), grounding_config).discard == DiscardReason.NO_PRIOR_SIGNAL
+    tiny = toy_prior({"atelectasis": blob(150, 140, 1)})
+    assert select_candidates(finding, toy_anatomy, tiny, grounding_config).discard == DiscardReason.BELOW_MIN_AREA
+    weak = toy_prior({"atelectasis": blob(150, 140, 12, value=0.55)}, probability=0.05)
+    assert select_candidates(finding, toy_anatomy, weak, grounding_config).discard == DiscardReason.LOW_CONFIDENCE
+
+
+def test_refiner_called_once_per_image_for_all_boxes(toy_anatomy, grounding_config):
+    prior = toy_prior({"effusion": blob(160, 60, 10) + blob(160, 140, 10), "edema": blob(80, 60, 15)})
+    findings = [make_finding("effusion", ["right lung base", "left lung base"]), make_finding("edema")]
+    refiner = EchoRefiner()
+    out = ground_findings(findings, toy_anatomy, prior, np.zeros((200, 200), np.uint8), refiner, grounding_config)
+    assert refiner.calls == 1
+    assert out[0].grounded_locations == ("right lung base", "left lung base")
+    assert out[1].grounded_locations == ("right lung",)  # no stated location: the lungs it lies in
+
+
+def test_cardiomegaly_needs_the_cardiothoracic_ratio(toy_anatomy, grounding_config):
+    ratio = cardiothoracic_ratio(toy_anatomy)
+    assert ratio == pytest.approx(55 / 140)
+    finding = make_finding("cardiomegaly", ["heart"])
+    selection = select_candidates(finding, toy_anatomy, toy_prior(), grounding_config)
+    assert selection.discard == DiscardReason.NOT_VERIFIED and selection.details["cardiothoracic_ratio"] == ratio
+    toy_anatomy.masks["heart"][110:165, 60:150] = True
+    selection = select_candidates(finding, toy_anatomy, toy_prior(), grounding_config)
+    g = fuse_and_verify(selection, [], toy_anatomy, toy_prior(), grounding_config, "none")
+    assert g.discard is None and g.grounded_locations == ("heart",) and g.mask.sum() == toy_anatomy.masks["heart"].sum()
+
+
+def test_missing_anatomy_is_a_reason_not_a_crash(toy_anatomy, grounding_config):
+    del toy_anatomy.masks["left lung base"]
+    selection = select_candidates(make_finding("effusion", ["left lung base"]), toy_anatomy,
+                                  toy_prior({"effusion": blob(150, 140, 10)}), grounding_config)
+    assert selection.discard == DiscardReason.ANATOMY_MISSING
+    assert "left lung base" in selection.details["missing_regions"]
+
+
+def test_empty_locations_are_those_without_prior(toy_anatomy, grounding_config):
+    prior = toy_prior({"pneumonia": blob(150, 60, 25, value=1.0)})
+    empty = empty_locations(prior, toy_anatomy, grounding_config)
+    assert "right lung base" not in empty["pneumonia"]
+    assert {"left lung", "left lung base", "right apical zone lung"} <= set(empty["pneumonia"])
+    assert "cardiomegaly" not in empty

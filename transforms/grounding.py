@@ -1,0 +1,297 @@
+"""Grounding one reported finding on one image: candidates, the c1–c4 filter, fusion and verification.
+
+The refiner (a model) runs between `select_candidates` and `fuse_and_verify`; both sides are pure.
+All maps and masks here are at the models' working resolution.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+
+from schemas.config import FusionRule, GroundingConfig
+from schemas.vocab import (
+    LUNG_BY_SIDE,
+    SIDED_LOCATIONS,
+    ZONES_BY_SIDE,
+    DiscardReason,
+    LesionType,
+    Location,
+    Stage,
+)
+from transforms.masks import dilate
+from transforms.records import AnatomyResult, Box, Candidate, Finding, LesionPrior, RefinedMask
+
+_DEFAULT_RULE = FusionRule()
+
+
+@dataclass
+class Selection:
+    """Result of the c1–c4 filter for one finding on one image."""
+
+    finding: Finding
+    region: np.ndarray | None  # the reported region (c1), None when anatomy lacks it
+    clip_region: np.ndarray | None  # where the fused mask may lie
+    kept: list[Candidate] = field(default_factory=list)
+    rejected: list[Candidate] = field(default_factory=list)
+    discard: DiscardReason | None = None
+    details: dict = field(default_factory=dict)
+    direct_mask: np.ndarray | None = None  # a mask that needs no refinement (cardiomegaly: the heart)
+
+
+@dataclass
+class Grounding:
+    """What became of one finding on one image."""
+
+    finding: Finding
+    mask: np.ndarray | None  # bool, working resolution; None when discarded
+    grounded_locations: tuple[str, ...] = ()
+    unreached_locations: tuple[str, ...] = ()  # sided locations the mask does not touch at all
+    discard: DiscardReason | None = None
+    stage: Stage = Stage.VERIFY
+    details: dict = field(default_factory=dict)
+    scores: dict = field(default_factory=dict)  # prior_probability, region_overlap, prior_mass, refine_score
+    source: str = ""
+
+
+def _rule(config: GroundingConfig, target: str) -> FusionRule:
+    return config.fusion.get(LesionType(target), _DEFAULT_RULE)
+
+
+def _dilation_px(rule: FusionRule, shape: tuple[int, int]) -> int:
+    return int(round(rule.region_dilation * max(shape)))
+
+
+def _sides_of(locations: tuple[str, ...]) -> list[str]:
+    sides = [side for side in ("right", "left") if any(loc.startswith(side) for loc in locations)]
+    return sides or ["right", "left"]
+
+
+def _union(anatomy: AnatomyResult, names: list[str], shape: tuple[int, int]) -> np.ndarray | None:
+    masks = [anatomy.masks.get(name) for name in names]
+    if any(m is None or not m.any() for m in masks):
+        return None
+    out = np.zeros(shape, bool)
+    for mask in masks:
+        out |= mask
+    return out
+
+
+def reported_region(finding: Finding, anatomy: AnatomyResult, shape: tuple[int, int], rule: FusionRule) -> np.ndarray | None:
+    """Union of the reported locations; no stated location means the whole lungs (bases for effusion)."""
+    names = list(finding.reported_locations)
+    if not names:
+        if rule.region == "lung_base":
+            names = [ZONES_BY_SIDE[side][-1].value for side in ("right", "left")]
+        elif rule.region == "heart":
+            names = [Location.HEART.value]
+        else:
+            names = [Location.LUNG.value]
+    region = _union(anatomy, names, shape)
+    return None if region is None else dilate(region, _dilation_px(rule, shape))
+
+
+def clip_region(finding: Finding, anatomy: AnatomyResult, shape: tuple[int, int], rule: FusionRule) -> np.ndarray | None:
+    """Where the fused mask of this lesion type may lie."""
+    if rule.region == "heart":
+        return _union(anatomy, [Location.HEART.value], shape)
+    if rule.region == "lung_base":
+        names = [ZONES_BY_SIDE[side][-1].value for side in _sides_of(finding.reported_locations)]
+    elif rule.region == "lungs":
+        names = [Location.LUNG.value]
+    else:
+        return reported_region(finding, anatomy, shape, rule)
+    region = _union(anatomy, names, shape)
+    return None if region is None else dilate(region, _dilation_px(rule, shape))
+
+
+def cardiothoracic_ratio(anatomy: AnatomyResult) -> float | None:
+    """Widest heart extent over widest lung-field extent (a PA-view proxy of the clinical ratio)."""
+    heart, lungs = anatomy.masks.get(Location.HEART.value), anatomy.masks.get(Location.LUNG.value)
+    if heart is None or lungs is None or not heart.any() or not lungs.any():
+        return None
+    heart_cols = np.flatnonzero(heart.any(axis=0))
+    lung_cols = np.flatnonzero(lungs.any(axis=0))
+    thorax = lung_cols[-1] - lung_cols[0] + 1
+    return float((heart_cols[-1] - heart_cols[0] + 1) / thorax)
+
+
+def propose_candidates(prior_map: np.ndarray, probability: float, threshold: float) -> list[Candidate]:
+    """Connected components of the prior above `threshold`; confidence = sqrt(peak × image probability)."""
+    above = (prior_map >= threshold).astype(np.uint8)
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(above, connectivity=8)
+    candidates = []
+    for label in range(1, count):
+        x, y, w, h, _area = stats[label]
+        component = labels == label
+        peak = float(prior_map[component].max())
+        candidates.append(
+            Candidate(box=Box(int(x), int(y), int(x + w), int(y + h)), component=component,
+                      confidence=float(np.sqrt(peak * max(probability, 0.0))))
+        )
+    return candidates
+
+
+def score_and_filter(candidates: list[Candidate], prior_map: np.ndarray, region: np.ndarray, lungs: np.ndarray,
+                     config: GroundingConfig) -> tuple[list[Candidate], list[Candidate]]:
+    """Apply c1 (overlap with the reported region), c2 (confidence), c3 (prior mass in the box), c4 (size)."""
+    search = lungs | region
+    total_mass = float(prior_map[search].sum()) or 1.0
+    lung_area = float(lungs.sum()) or 1.0
+    kept, rejected = [], []
+    for cand in candidates:
+        area = float(cand.component.sum())
+        cand.region_overlap = float((cand.component & region).sum()) / area
+        box = cand.box
+        in_box = np.zeros_like(search)
+        in_box[box.y0:box.y1, box.x0:box.x1] = True
+        cand.prior_mass = float(prior_map[in_box & search].sum()) / total_mass
+        cand.area_fraction = area / lung_area
+        cand.scores = {"region_overlap": round(cand.region_overlap, 4), "confidence": round(cand.confidence, 4),
+                       "prior_mass": round(cand.prior_mass, 4), "area_fraction": round(cand.area_fraction, 5),
+                       "box": box.as_xywh()}
+        checks = (
+            (cand.region_overlap >= config.min_region_overlap, DiscardReason.OUTSIDE_REPORTED_REGION),
+            (cand.confidence >= config.min_confidence, DiscardReason.LOW_CONFIDENCE),
+            (cand.prior_mass >= config.min_prior_mass, DiscardReason.LOW_PRIOR_MASS),
+            (cand.area_fraction >= config.min_area_fraction, DiscardReason.BELOW_MIN_AREA),
+        )
+        failed = next((reason for ok, reason in checks if not ok), None)
+        cand.rejected_by = failed.value if failed else None
+        (rejected if failed else kept).append(cand)
+    return kept, rejected
+
+
+def _furthest_rejection(rejected: list[Candidate]) -> DiscardReason:
+    """The reason of the candidate that passed most checks (ties: the most confident one)."""
+    order = [DiscardReason.OUTSIDE_REPORTED_REGION, DiscardReason.LOW_CONFIDENCE,
+             DiscardReason.LOW_PRIOR_MASS, DiscardReason.BELOW_MIN_AREA]
+    best = max(rejected, key=lambda c: (order.index(DiscardReason(c.rejected_by)), c.confidence))
+    return DiscardReason(best.rejected_by)
+
+
+def select_candidates(finding: Finding, anatomy: AnatomyResult, prior: LesionPrior,
+                      config: GroundingConfig) -> Selection:
+    target = finding.entity
+    prior_map = prior.maps[target]
+    shape = prior_map.shape
+    rule = _rule(config, target)
+    region = reported_region(finding, anatomy, shape, rule)
+    clip = clip_region(finding, anatomy, shape, rule)
+    lungs = anatomy.masks.get(Location.LUNG.value)
+    selection = Selection(finding=finding, region=region, clip_region=clip)
+    if region is None or clip is None or lungs is None or not lungs.any():
+        missing = [n for n in (*finding.reported_locations, Location.LUNG.value)
+                   if anatomy.masks.get(n) is None or not anatomy.masks[n].any()]
+        selection.discard = DiscardReason.ANATOMY_MISSING
+        selection.details = {"missing_regions": missing or [Location.HEART.value]}
+        return selection
+    probability = float(prior.probabilities.get(target, 0.0))
+    if rule.region == "heart":
+        ratio = cardiothoracic_ratio(anatomy)
+        selection.details = {"cardiothoracic_ratio": ratio, "probability": probability,
+                             "min_cardiothoracic_ratio": rule.min_cardiothoracic_ratio}
+        if ratio is None or (rule.min_cardiothoracic_ratio is not None and ratio < rule.min_cardiothoracic_ratio):
+            selection.discard = DiscardReason.NOT_VERIFIED
+        else:
+            selection.direct_mask = clip
+        return selection
+    candidates = propose_candidates(prior_map, probability, config.prior_threshold)
+    selection.details = {"probability": round(probability, 4), "n_candidates": len(candidates)}
+    if not candidates:
+        selection.discard = DiscardReason.NO_PRIOR_SIGNAL
+        selection.details["prior_peak_in_region"] = round(float(prior_map[region].max()), 4) if region.any() else 0.0
+        return selection
+    selection.kept, selection.rejected = score_and_filter(candidates, prior_map, region, lungs, config)
+    selection.details["candidates"] = [c.scores | {"rejected_by": c.rejected_by} for c in candidates]
+    if not selection.kept:
+        selection.discard = _furthest_rejection(selection.rejected)
+    return selection
+
+
+def _coverage(mask: np.ndarray, region: np.ndarray | None) -> float:
+    if region is None:
+        return 0.0
+    return float((mask & region).sum()) / float(mask.sum())
+
+
+def verify_locations(mask: np.ndarray, finding: Finding, anatomy: AnatomyResult,
+                     config: GroundingConfig) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(grounded, unreached): reported locations holding enough of the mask, and sided locations it misses."""
+    if finding.entity == LesionType.CARDIOMEGALY.value:
+        return (Location.HEART.value,), ()
+    asked = finding.reported_locations or tuple(
+        LUNG_BY_SIDE[side].value for side in ("right", "left")
+    )
+    grounded = tuple(loc for loc in asked
+                     if _coverage(mask, anatomy.masks.get(loc)) >= config.min_location_coverage)
+    unreached = tuple(loc.value for loc in SIDED_LOCATIONS
+                      if loc.value in anatomy.masks and anatomy.masks[loc.value].any()
+                      and not (mask & anatomy.masks[loc.value]).any())
+    return grounded, unreached
+
+
+def fuse_and_verify(selection: Selection, refined: list[RefinedMask], anatomy: AnatomyResult,
+                    prior: LesionPrior, config: GroundingConfig, refiner_name: str) -> Grounding:
+    finding = selection.finding
+    probability = float(prior.probabilities.get(finding.entity, 0.0))
+    if selection.discard is not None:
+        stage = Stage.ANATOMY if selection.discard == DiscardReason.ANATOMY_MISSING else (
+            Stage.VERIFY if selection.discard == DiscardReason.NOT_VERIFIED else Stage.CANDIDATES)
+        return Grounding(finding, None, discard=selection.discard, stage=stage, details=selection.details)
+    if selection.direct_mask is not None:
+        mask, source, refine_score = selection.direct_mask, f"anatomy:{anatomy.backend}", 1.0
+        kept_overlap, kept_mass = 1.0, 1.0
+    else:
+        mask = np.zeros_like(selection.clip_region)
+        for cand, result in zip(selection.kept, refined):
+            # a refiner that finds nothing keeps the prior's own component rather than losing the candidate
+            mask |= result.mask if result.mask.any() else cand.component
+        mask &= selection.clip_region
+        source = f"{prior.backend}+{refiner_name}"
+        refine_score = float(np.mean([r.score for r in refined])) if refined else 0.0
+        kept_overlap = max(c.region_overlap for c in selection.kept)
+        kept_mass = float(sum(c.prior_mass for c in selection.kept))
+    details = dict(selection.details)
+    if not mask.any():
+        return Grounding(finding, None, discard=DiscardReason.REFINEMENT_EMPTY, stage=Stage.REFINE, details=details)
+    grounded, unreached = verify_locations(mask, finding, anatomy, config)
+    details["location_coverage"] = {loc: round(_coverage(mask, anatomy.masks.get(loc)), 4)
+                                    for loc in (finding.reported_locations or ())}
+    if not grounded:
+        return Grounding(finding, None, discard=DiscardReason.NOT_VERIFIED, stage=Stage.VERIFY, details=details)
+    scores = {"prior_probability": probability, "region_overlap": kept_overlap, "prior_mass": min(kept_mass, 1.0),
+              "refine_score": refine_score}
+    return Grounding(finding, mask, grounded_locations=grounded, unreached_locations=unreached,
+                     details=details, scores=scores, source=source)
+
+
+def empty_locations(prior: LesionPrior, anatomy: AnatomyResult, config: GroundingConfig) -> dict[str, list[str]]:
+    """Per lesion type, the sided locations whose mean prior is below the empty level (verified empty)."""
+    out: dict[str, list[str]] = {}
+    for target, prior_map in prior.maps.items():
+        if target == LesionType.CARDIOMEGALY.value:
+            continue
+        names = []
+        for loc in SIDED_LOCATIONS:
+            region = anatomy.masks.get(loc.value)
+            if region is not None and region.any() and float(prior_map[region].mean()) < config.max_empty_location_prior:
+                names.append(loc.value)
+        out[target] = names
+    return out
+
+
+def ground_findings(findings: list[Finding], anatomy: AnatomyResult, prior: LesionPrior, image: np.ndarray,
+                    refiner, config: GroundingConfig) -> list[Grounding]:
+    """Ground every finding on one image; the refiner sees all kept boxes of the image in one call."""
+    selections = [select_candidates(f, anatomy, prior, config) for f in findings]
+    boxes = [c.box for s in selections for c in s.kept]
+    seeds = [c.component for s in selections for c in s.kept]
+    refined = refiner.refine(image, boxes, seeds) if boxes else []
+    out, start = [], 0
+    for selection in selections:
+        stop = start + len(selection.kept)
+        out.append(fuse_and_verify(selection, refined[start:stop], anatomy, prior, config, refiner.name))
+        start = stop
+    return out

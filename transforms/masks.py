@@ -1,0 +1,46 @@
+"""Mask encoding: COCO compressed RLE (pycocotools), content-hash ids, boxes, resizing."""
+from __future__ import annotations
+
+import hashlib
+
+import cv2
+import numpy as np
+from pycocotools import mask as coco_mask
+
+
+def encode_rle(mask: np.ndarray) -> str:
+    """COCO compressed RLE counts of a bool HxW mask, as a string."""
+    rle = coco_mask.encode(np.asfortranarray(mask.astype(np.uint8)))
+    return rle["counts"].decode("ascii")
+
+
+def decode_rle(counts: str, height: int, width: int) -> np.ndarray:
+    return coco_mask.decode({"size": [height, width], "counts": counts.encode("ascii")}).astype(bool)
+
+
+def mask_id(dicom_id: str, target: str, height: int, width: int, rle: str) -> str:
+    """Content hash: the same mask of the same lesion type on the same image has the same id."""
+    payload = f"{dicom_id}|{target}|{height}x{width}|{rle}".encode()
+    return hashlib.sha256(payload).hexdigest()[:24]
+
+
+def bbox_xywh(mask: np.ndarray) -> list[int]:
+    ys, xs = np.nonzero(mask)
+    if len(xs) == 0:
+        return [0, 0, 0, 0]
+    return [int(xs.min()), int(ys.min()), int(xs.max() - xs.min() + 1), int(ys.max() - ys.min() + 1)]
+
+
+def resize_mask(mask: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Bool mask to (height, width); smooth upsampling (linear, then threshold) keeps edges from going blocky."""
+    if mask.shape == (height, width):
+        return mask.astype(bool)
+    resized = cv2.resize(mask.astype(np.float32), (width, height), interpolation=cv2.INTER_LINEAR)
+    return resized >= 0.5
+
+
+def dilate(mask: np.ndarray, radius_px: int) -> np.ndarray:
+    if radius_px <= 0:
+        return mask.astype(bool)
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius_px + 1, 2 * radius_px + 1))
+    return cv2.dilate(mask.astype(np.uint8), kernel).astype(bool)
