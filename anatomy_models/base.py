@@ -5,6 +5,7 @@ Shaped after Beam's `ModelHandler`: a backend is built from its config section, 
 """
 from __future__ import annotations
 
+import importlib
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -12,6 +13,16 @@ from typing import Any
 import numpy as np
 
 from transforms.records import AnatomyResult, Box, LesionPrior, RefinedMask
+
+
+class UnknownBackendError(ValueError):
+    """The config names a backend that no module provides."""
+
+
+# What a backend constructor raises for things the user fixes: a bad option (ValueError), an unknown
+# backend, a missing weights file (FileNotFoundError subclasses). Constructors check weights files,
+# so building each backend once in the launcher surfaces these before any worker starts.
+BACKEND_SETUP_ERRORS = (ValueError, FileNotFoundError)
 
 
 class AnatomyBackend(ABC):
@@ -69,11 +80,11 @@ def register(kind: str, name: str):
 
 def create(kind: str, name: str, **options: Any):
     """Build the backend `name` of `kind` ('anatomy', 'lesion_prior', 'refiner') with its config options."""
-    import anatomy_models.backends  # noqa: F401  (imports every backend module so they register)
+    from anatomy_models.backends import BACKEND_MODULES
 
-    try:
-        factory = _REGISTRIES[kind][name]
-    except KeyError:
-        known = ", ".join(sorted(_REGISTRIES[kind])) or "none"
-        raise ValueError(f"unknown {kind} backend '{name}' (known: {known})") from None
-    return factory(**options)
+    module = BACKEND_MODULES[kind].get(name)
+    if module is None:
+        known = ", ".join(sorted(BACKEND_MODULES[kind]))
+        raise UnknownBackendError(f"unknown {kind} backend '{name}' (known: {known})")
+    importlib.import_module(module)
+    return _REGISTRIES[kind][name](**options)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import shutil
 import sys
 import time
@@ -115,6 +116,16 @@ def cmd_anatomy(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from pipeline.export import export_run
+
+    counts = export_run(Path(args.run_dir), args.format, Path(args.output),
+                        Path(args.corpus) if args.corpus else None)
+    print(f"exported {counts['pairs']} pairs ({counts['positive']} positive, {counts['negative']} negative) and "
+          f"{counts['masks']} masks as {args.format} -> {counts['output']} ({counts['seconds']:.1f} s)")
+    return 0
+
+
 def _options(pairs: list[str]) -> list[tuple[str, object]]:
     import yaml
 
@@ -129,6 +140,8 @@ def _options(pairs: list[str]) -> list[tuple[str, object]]:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mimic-ils", description=__doc__)
+    parser.add_argument("--log-level", default="ERROR", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+                        help="logging of the libraries underneath (Beam, torch); default ERROR")
     sub = parser.add_subparsers(dest="command", required=True)
 
     synth = sub.add_parser("synth", help="write a synthetic corpus in the PhysioNet MIMIC-CXR-JPG layout")
@@ -163,11 +176,19 @@ def _parser() -> argparse.ArgumentParser:
     anatomy.add_argument("--output", required=True)
     anatomy.add_argument("--work-size", type=int, default=512)
     anatomy.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help="backend option")
+
+    export = sub.add_parser("export", help="training-ready exports of a run directory")
+    export.add_argument("run_dir")
+    export.add_argument("--format", required=True, help="mimic-ils-json or hf")
+    export.add_argument("--output", required=True)
+    export.add_argument("--corpus", help="corpus root (default: the one recorded in the run's manifest)")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args, extra = _parser().parse_known_args(argv)
+    # Beam and its optional cloud clients log import-time warnings; keep the user's terminal to our lines
+    logging.basicConfig(level=getattr(logging, args.log_level), format="%(levelname)s %(name)s: %(message)s", force=True)
     takes_beam_args = args.command in {"run", "demo"}
     if extra and not takes_beam_args:
         print(f"mimic-ils {args.command}: unknown arguments: {' '.join(extra)}", file=sys.stderr)
@@ -181,6 +202,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_demo(args, extra)
         if args.command == "structure":
             return cmd_structure(args)
+        if args.command == "export":
+            return cmd_export(args)
         return cmd_anatomy(args)
     except UserError as exc:
         print(f"mimic-ils {args.command}: {exc}", file=sys.stderr)

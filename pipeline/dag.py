@@ -102,12 +102,22 @@ class StructureReports(beam.DoFn):
             yield study, findings
 
 
-def image_tasks(item, frontal_views: list[str]):
-    study, findings = item
-    groundable = [f for f in findings if f.presence == "present" and f.certainty == "definite"]
-    for image in study.images:
-        if image.view_position in frontal_views:
-            yield ImageTask(study_id=study.study_id, image=image, findings=groundable)
+class ImageTasks(beam.DoFn):
+    """One task per frontal image; other views are only checked to exist (a missing file is an error row)."""
+
+    def __init__(self, root: str, frontal_views: list[str]):
+        self._root, self._frontal_views = root, frontal_views
+
+    def process(self, item):
+        study, findings = item
+        groundable = [f for f in findings if f.presence == "present" and f.certainty == "definite"]
+        for image in study.images:
+            if image.view_position in self._frontal_views:
+                yield ImageTask(study_id=study.study_id, image=image, findings=groundable)
+            elif not (Path(self._root) / image.path).is_file():
+                missing = FileNotFoundError(f"image file listed in the metadata is missing: {image.path}")
+                yield beam.pvalue.TaggedOutput(ERRORS, error_record(Stage.READ, image.dicom_id, study.study_id,
+                                                                    image.path, missing))
 
 
 class _BackendStage(beam.DoFn):
@@ -211,22 +221,17 @@ class BuildStudyOutputs(beam.DoFn):
         self._config = config
 
     def process(self, item):
-        study_id, grouped = item
-        if not grouped["study"]:
-            return  # errors of inputs that belong to no study (e.g. an image without metadata) are written as they are
-        (study,) = grouped["study"]
-        findings = grouped["findings"][0] if grouped["findings"] else []
-        images = list(grouped["images"])
-        errors = list(grouped["errors"])
-        n_frontal = sum(1 for i in study.images if i.view_position in self._config.corpus.frontal_views)
-        out = build_study_outputs(study, findings, images, errors, n_frontal, self._config.pairs)
-        for row in out.pairs:
-            yield beam.pvalue.TaggedOutput("pairs", row)
-        for row in out.masks:
-            yield beam.pvalue.TaggedOutput("masks", row)
-        for row in out.discarded:
-            yield beam.pvalue.TaggedOutput("discarded", row)
-        yield beam.pvalue.TaggedOutput("studies", out.study_row)
+        _, grouped = item
+        # errors of inputs that belong to no study (e.g. an image without metadata) are written as they are
+        for study in grouped["study"]:
+            findings = grouped["findings"][0] if grouped["findings"] else []
+            n_frontal = sum(1 for i in study.images if i.view_position in self._config.corpus.frontal_views)
+            out = build_study_outputs(study, findings, list(grouped["images"]), list(grouped["errors"]), n_frontal,
+                                      self._config.pairs)
+            for table, rows in (("pairs", out.pairs), ("masks", out.masks), ("discarded", out.discarded),
+                                ("studies", [out.study_row])):
+                for row in rows:
+                    yield beam.pvalue.TaggedOutput(table, row)
 
 
 class WriteTable(beam.PTransform):
@@ -256,8 +261,9 @@ def build_pipeline(p: beam.Pipeline, studies: list[Study], root: str, out_dir: s
                   | "Batch reports" >> beam.BatchElements(min_batch_size=1, max_batch_size=256)
                   | "Structure" >> beam.ParDo(StructureReports(config.structuring.vocabulary, shared.Shared()))
                   .with_outputs(ERRORS, FINDINGS, main="structured"))
-    images = (structured.structured
-              | "Frontal images" >> beam.FlatMap(image_tasks, config.corpus.frontal_views)
+    tasks = (structured.structured
+             | "Image tasks" >> beam.ParDo(ImageTasks(root, config.corpus.frontal_views)).with_outputs(ERRORS, main="tasks"))
+    images = (tasks.tasks
               | "Decode" >> beam.ParDo(DecodeImages(root, config.vision.work_size))
               | "Batch images" >> beam.BatchElements(**batch)
               | "Anatomy" >> beam.ParDo(SegmentAnatomy(config.anatomy.backend, config.anatomy.options, shared.Shared()))
@@ -266,7 +272,7 @@ def build_pipeline(p: beam.Pipeline, studies: list[Study], root: str, out_dir: s
               | "Ground" >> beam.ParDo(GroundAndVerify(config.refiner.backend, config.refiner.options, shared.Shared(),
                                                        config)))
     image_errors = (images | "Image errors" >> beam.FlatMap(lambda kv: [kv[1].error] if kv[1].error else []))
-    errors = ((read[ERRORS], structured[ERRORS], image_errors) | "All errors" >> beam.Flatten())
+    errors = ((read[ERRORS], structured[ERRORS], tasks[ERRORS], image_errors) | "All errors" >> beam.Flatten())
     outputs = ({
         "study": read.reports | "Key studies" >> beam.Map(lambda st: (st[0].study_id, st[0])),
         "findings": structured.structured | "Key findings" >> beam.Map(lambda sf: (sf[0].study_id, sf[1])),

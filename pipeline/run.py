@@ -14,16 +14,20 @@ import apache_beam as beam
 import pyarrow.parquet as pq
 from apache_beam.options.pipeline_options import PipelineOptions
 
+from anatomy_models.base import BACKEND_SETUP_ERRORS
+from anatomy_models.base import create as create_backend
 from pipeline.config import LoadedConfig
 from pipeline.contract import check_run
 from pipeline.corpus import index_mimic_cxr_jpg
 from pipeline.dag import build_pipeline
 from pipeline.errors import UserError
-from pipeline.writers import shard_path, write_atomically, table_to_bytes
+from pipeline.writers import read_table, shard_path, table_to_bytes, write_atomically
 from schemas.tables import TABLES
 from schemas.vocab import SCHEMA_VERSION
+from transforms.statistics import dataset_statistics, plot_statistics
 
 MANIFEST = "manifest.json"
+STATISTICS_PNG = "statistics.png"
 
 
 @dataclass
@@ -49,7 +53,7 @@ def prepare_output(out_dir: Path, overwrite: bool) -> None:
     if out_dir.exists() and any(out_dir.iterdir()):
         if not overwrite:
             raise UserError(f"output folder {out_dir} is not empty: choose another or pass --overwrite")
-        for name in list(TABLES) + ["quality", MANIFEST]:
+        for name in list(TABLES) + ["quality", MANIFEST, STATISTICS_PNG]:
             target = out_dir / name
             if target.is_dir():
                 shutil.rmtree(target)
@@ -71,11 +75,22 @@ def table_counts(out_dir: Path) -> dict[str, int]:
     return counts
 
 
+def preflight_backends(config) -> None:
+    """Build each configured backend once (options validated, weights files found) without loading weights."""
+    for kind in ("anatomy", "lesion_prior", "refiner"):
+        section = getattr(config, kind)
+        try:
+            create_backend(kind, section.backend, **section.options)
+        except BACKEND_SETUP_ERRORS as exc:
+            raise UserError(f"{kind}: {exc}".replace("\n", " ")) from None
+
+
 def run_pipeline(input_root: Path, out_dir: Path, loaded: LoadedConfig, beam_args: list[str] | None = None,
                  overwrite: bool = False) -> RunSummary:
     input_root, out_dir = Path(input_root).resolve(), Path(out_dir).resolve()
     config = loaded.config
     studies = index_mimic_cxr_jpg(input_root)
+    preflight_backends(config)
     prepare_output(out_dir, overwrite)
     started = time.perf_counter()
     options = PipelineOptions(beam_args or [])
@@ -84,6 +99,8 @@ def run_pipeline(input_root: Path, out_dir: Path, loaded: LoadedConfig, beam_arg
     seconds = time.perf_counter() - started
     counts = table_counts(out_dir)
     problems = check_run(out_dir) if config.output.check_contract else []
+    statistics = dataset_statistics(read_table(str(out_dir), "pairs"))
+    plot_statistics(statistics, out_dir / STATISTICS_PNG)
     manifest = {
         "run_id": f"{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}-{loaded.config_hash}",
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -99,6 +116,7 @@ def run_pipeline(input_root: Path, out_dir: Path, loaded: LoadedConfig, beam_arg
         "counts": counts,
         "timings": {"pipeline_seconds": round(seconds, 3),
                     "studies_per_second": round(len(studies) / seconds, 3) if seconds else None},
+        "statistics": statistics,
         "contract_problems": problems,
     }
     (out_dir / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=False) + "\n")

@@ -8,7 +8,7 @@ import numpy as np
 
 from schemas.vocab import LesionType
 from transforms.grounding import Grounding
-from transforms.masks import bbox_xywh, dilate, encode_rle, resize_mask
+from transforms.masks import dilate, encode_resized
 from transforms.records import AnatomyResult, ErrorRecord
 
 FULL_MASK = ()  # key of the whole fused mask in `FindingOnImage.masks`
@@ -50,11 +50,10 @@ class ImageResult:
 
 
 def _encode(mask: np.ndarray, height: int, width: int) -> EncodedMask | None:
-    full = resize_mask(mask, height, width)
-    area = int(full.sum())
+    rle, area, bbox = encode_resized(mask, height, width)
     if area == 0:
         return None
-    return EncodedMask(rle=encode_rle(full), area=area, bbox=bbox_xywh(full), height=height, width=width)
+    return EncodedMask(rle=rle, area=area, bbox=bbox, height=height, width=width)
 
 
 def location_parts(grounding: Grounding, unions: list[list[str]]) -> list[tuple[str, ...]]:

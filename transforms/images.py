@@ -38,12 +38,22 @@ def to_uint8(image: np.ndarray) -> np.ndarray:
     return np.clip((image - low) * (255.0 / (high - low)), 0, 255).astype(np.uint8)
 
 
+def _check_jpeg_complete(path: Path) -> None:
+    """OpenCV decodes a truncated JPEG into a grey-filled image with only a warning: refuse it instead."""
+    with open(path, "rb") as handle:
+        handle.seek(max(0, path.stat().st_size - 1024))
+        tail = handle.read()
+    if b"\xff\xd9" not in tail:
+        raise ImageDecodeError("truncated JPEG: no end-of-image marker")
+
+
 def decode_for_models(path: Path, work_size: int) -> tuple[np.ndarray, tuple[int, int]]:
     """The image as uint8 grayscale with its long side at `work_size` (never upscaled), and its source size."""
     height, width = source_size(path)
     long_side = max(height, width)
     image = None
     if path.suffix.lower() in {".jpg", ".jpeg"}:
+        _check_jpeg_complete(path)
         for factor, flag in _REDUCED_FLAGS:
             if long_side / factor >= work_size:
                 image = cv2.imread(str(path), flag)

@@ -14,6 +14,18 @@ def encode_rle(mask: np.ndarray) -> str:
     return rle["counts"].decode("ascii")
 
 
+def encode_resized(mask: np.ndarray, height: int, width: int) -> tuple[str, int, list[int]]:
+    """(RLE counts, area, [x, y, w, h]) of `mask` resized to (height, width), without a C-to-Fortran copy.
+
+    Resizing the transposed mask yields the Fortran-ordered array pycocotools wants; area and box come
+    from the RLE itself, never from scanning the full-resolution pixels.
+    """
+    transposed = resize_mask(np.ascontiguousarray(mask.T), width, height)
+    rle = coco_mask.encode(transposed.view(np.uint8).T)
+    x, y, w, h = coco_mask.toBbox(rle)
+    return rle["counts"].decode("ascii"), int(coco_mask.area(rle)), [int(x), int(y), int(w), int(h)]
+
+
 def decode_rle(counts: str, height: int, width: int) -> np.ndarray:
     return coco_mask.decode({"size": [height, width], "counts": counts.encode("ascii")}).astype(bool)
 
@@ -35,8 +47,8 @@ def resize_mask(mask: np.ndarray, height: int, width: int) -> np.ndarray:
     """Bool mask to (height, width); smooth upsampling (linear, then threshold) keeps edges from going blocky."""
     if mask.shape == (height, width):
         return mask.astype(bool)
-    resized = cv2.resize(mask.astype(np.float32), (width, height), interpolation=cv2.INTER_LINEAR)
-    return resized >= 0.5
+    resized = cv2.resize(mask.astype(np.uint8) * 255, (width, height), interpolation=cv2.INTER_LINEAR)
+    return resized >= 128
 
 
 def dilate(mask: np.ndarray, radius_px: int) -> np.ndarray:

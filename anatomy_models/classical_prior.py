@@ -1,0 +1,329 @@
+"""Weight-free lesion prior: density anomalies inside the lung fields, shaped per lesion type.
+
+An opacity is lung that has lost its air: locally as dense as soft tissue instead of as dark as
+aerated lung. So every map starts from one density scale per image: 0 at the expected aerated lung
+(a low quantile of the lung's own intensity at the same relative position, both lungs pooled), 1 at
+the heart's intensity (soft tissue). Local intensity is a masked Gaussian mean over the lung fields
+(wide enough to average ribs and intercostal spaces away), compared both with that expectation and
+with the mirrored point of the other lung at the same relative height (a unilateral lesion stands
+out against its healthy twin even when pooled statistics are raised). Normal structure — hila,
+vessels, apices under the clavicles — is denser than the darkest lung but similar on both sides and
+bounded, which is what the pooled position-wise baseline and its cap absorb.
+
+Per type: opacity / pneumonia / consolidation are focal dense regions (consolidation needs more
+density); atelectasis favours the bases and horizontal bands; edema is density present on both sides
+at mirrored positions, strongest perihilar; effusion is dense fluid layering up from the lung base
+(filled from the bottom, strongest laterally, spilling just beyond the lung outline at the
+costophrenic angle); cardiomegaly is the heart mask scaled by the cardiothoracic-ratio evidence.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+from scipy import ndimage
+
+from anatomy_models.base import LesionPriorBackend, register
+from schemas.vocab import LesionType, Location
+from transforms.grounding import cardiothoracic_ratio
+from transforms.masks import resize_mask
+from transforms.records import AnatomyResult, LesionPrior
+
+
+def ramp(values: np.ndarray, low: float, high: float) -> np.ndarray:
+    """0 below `low`, 1 above `high`, linear between."""
+    return np.clip((values - low) / max(high - low, 1e-6), 0.0, 1.0)
+
+
+def masked_gaussian(image: np.ndarray, mask: np.ndarray, sigma: float, sigma_x: float | None = None) -> np.ndarray:
+    """Gaussian mean of `image` over `mask` only (normalised convolution); 0 where the mask has no support."""
+    weights = mask.astype(np.float32)
+    sx = sigma if sigma_x is None else sigma_x
+    numerator = cv2.GaussianBlur(image * weights, (0, 0), sigmaX=sx, sigmaY=sigma)
+    denominator = cv2.GaussianBlur(weights, (0, 0), sigmaX=sx, sigmaY=sigma)
+    return np.where(denominator > 1e-3, numerator / np.maximum(denominator, 1e-3), 0.0).astype(np.float32)
+
+
+@dataclass
+class LungFrame:
+    """Relative lung coordinates of one image: v from apex (0) to base (1), u from medial (0) to lateral (1)."""
+
+    lungs: np.ndarray  # bool, both lungs
+    field: np.ndarray  # bool, lungs minus overlying soft tissue: where lung density is judged
+    u: np.ndarray  # float32 map, valid inside `lungs`
+    v: np.ndarray
+    depth: np.ndarray  # distance below the lung-field outline, relative to that lung's deepest point
+    mirror_x: np.ndarray  # float32 map: the point at the same (u, v) in the other lung (-1 where none)
+    mirror_y: np.ndarray
+
+
+def _row_extents(lung: np.ndarray) -> tuple[np.ndarray, np.ndarray, int, int]:
+    rows = np.nonzero(lung.any(axis=1))[0]
+    top, bottom = int(rows[0]), int(rows[-1])
+    x_min = np.full(lung.shape[0], np.nan, np.float32)
+    x_max = np.full(lung.shape[0], np.nan, np.float32)
+    for y in rows:
+        xs = np.nonzero(lung[y])[0]
+        x_min[y], x_max[y] = xs[0], xs[-1]
+    return x_min, x_max, top, bottom
+
+
+def lung_frame(right: np.ndarray, left: np.ndarray, overlying: np.ndarray) -> LungFrame:
+    """Coordinates of both lungs (the patient's right lung is on the image left, smaller x).
+
+    `overlying` is soft tissue projected over the lung masks (heart, mediastinum), left out of the field.
+    """
+    height, width = right.shape
+    u = np.zeros((height, width), np.float32)
+    v = np.zeros((height, width), np.float32)
+    mirror_x = np.full((height, width), -1.0, np.float32)
+    mirror_y = np.full((height, width), -1.0, np.float32)
+    extents = {side: _row_extents(mask) for side, mask in (("right", right), ("left", left))}
+    ys, xs = np.mgrid[0:height, 0:width].astype(np.float32)
+    for side, mask, other in (("right", right, "left"), ("left", left, "right")):
+        x_min, x_max, top, bottom = extents[side]
+        row_min, row_max = x_min[ys.astype(int)], x_max[ys.astype(int)]
+        row_width = np.maximum(row_max - row_min, 1.0)
+        # Medial edge is the row's larger x for the image-left (right) lung, its smaller x for the other.
+        side_u = (row_max - xs) / row_width if side == "right" else (xs - row_min) / row_width
+        side_v = (ys - top) / max(bottom - top, 1)
+        u[mask] = np.clip(side_u[mask], 0, 1)
+        v[mask] = np.clip(side_v[mask], 0, 1)
+        # The mirrored point: same relative height and same medial-to-lateral position in the other lung.
+        o_min, o_max, o_top, o_bottom = extents[other]
+        target_y = np.rint(o_top + v[mask] * (o_bottom - o_top)).astype(int)
+        t_min, t_max = o_min[target_y], o_max[target_y]
+        if other == "right":
+            target_x = t_max - u[mask] * (t_max - t_min)
+        else:
+            target_x = t_min + u[mask] * (t_max - t_min)
+        valid = ~np.isnan(target_x)  # the other lung may have no pixels on that row
+        mirror_x[mask] = np.where(valid, target_x, -1.0)
+        mirror_y[mask] = np.where(valid, target_y, -1.0)
+    lungs = right | left
+    field = lungs & ~overlying
+    distance = cv2.distanceTransform(np.pad(field, 1).astype(np.uint8), cv2.DIST_L2, 5)[1:-1, 1:-1]
+    depth = np.zeros((height, width), np.float32)
+    for mask in (right, left):
+        inside = mask & field
+        if inside.any():
+            depth[inside] = distance[inside] / max(float(distance[inside].max()), 1.0)
+    return LungFrame(lungs=lungs, field=field, u=u, v=v, depth=depth, mirror_x=mirror_x, mirror_y=mirror_y)
+
+
+def sample_at(values: np.ndarray, map_x: np.ndarray, map_y: np.ndarray) -> np.ndarray:
+    return cv2.remap(values, map_x, map_y, interpolation=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+
+
+@register("lesion_prior", "classical")
+class ClassicalLesionPrior(LesionPriorBackend):
+    """Density-anomaly lesion prior; every threshold is an option (lengths are fractions of the long side)."""
+
+    version = "1"
+
+    def __init__(
+        self,
+        work_size: int = 256,  # long side the maps are computed at
+        smoothing: float = 0.025,
+        baseline_quantile: float = 0.3,
+        baseline_height_bins: int = 5,
+        baseline_across_bins: int = 2,  # medial / lateral halves
+        baseline_depth_edges: tuple[float, ...] = (0.03, 0.08, 0.16, 0.3, 0.5),  # relative depth below the lung outline
+        # How much denser than the lung's own quantile normal structure may be: much at the outline (chest wall
+        # and mediastinal borders overlap it), little deep inside, so diffuse disease is not absorbed there.
+        baseline_cap: tuple[float, float] = (1.0, 0.2),  # at the outline, from `baseline_cap_depth` inwards
+        baseline_cap_depth: float = 0.3,
+        min_contrast: float = 0.05,  # floor of the soft-tissue − lung intensity difference (of the 0–1 range)
+        contralateral_weight: float = 0.8,
+        # Density levels (0 = aerated, 1 = soft tissue) where a map starts and saturates. Each is raised to
+        # `noise_levels` × the lung's own spread of density, so busy real lungs (ribs, vessels) need more
+        # contrast than clean ones.
+        opacity_density: tuple[float, float] = (0.08, 0.22),
+        consolidation_density: tuple[float, float] = (0.2, 0.4),
+        edema_density: tuple[float, float] = (0.06, 0.18),
+        effusion_density: tuple[float, float] = (0.2, 0.4),
+        noise_levels: tuple[float, float] = (1.5, 3.0),
+        atelectasis_band_ratio: float = 3.0,  # horizontal / vertical smoothing for band shapes
+        atelectasis_apex_weight: float = 0.5,  # weight at the apex, rising to 1 at the base
+        edema_lateral_weight: float = 0.4,  # weight at the lateral edge, 1 at the hilum
+        effusion_base_start: float = 0.5,  # relative height where effusion evidence starts to count
+        effusion_base_full: float = 0.8,
+        effusion_fill_level: float = 0.2,  # evidence that counts as fluid when filling up from the base
+        pleural_margin: float = 0.03,  # how far the effusion map reaches outside the lung outline
+        ctr_midpoint: float = 0.5,  # cardiothoracic ratio at which cardiomegaly probability is 0.5
+        ctr_scale: float = 0.03,
+        strong_level: float = 0.5,  # map level counted as lesion for the probabilities
+        probability_area: float = 0.02,  # lung fraction of strong map at which probability is 63 % of its peak
+    ) -> None:
+        self.work_size = work_size
+        self.smoothing = smoothing
+        self.baseline_quantile = baseline_quantile
+        self.baseline_height_bins = baseline_height_bins
+        self.baseline_across_bins = baseline_across_bins
+        self.baseline_depth_edges = tuple(baseline_depth_edges)
+        self.baseline_cap = tuple(baseline_cap)
+        self.baseline_cap_depth = baseline_cap_depth
+        self.min_contrast = min_contrast
+        self.contralateral_weight = contralateral_weight
+        self.opacity_density = tuple(opacity_density)
+        self.consolidation_density = tuple(consolidation_density)
+        self.edema_density = tuple(edema_density)
+        self.effusion_density = tuple(effusion_density)
+        self.noise_levels = tuple(noise_levels)
+        self.atelectasis_band_ratio = atelectasis_band_ratio
+        self.atelectasis_apex_weight = atelectasis_apex_weight
+        self.edema_lateral_weight = edema_lateral_weight
+        self.effusion_base_start = effusion_base_start
+        self.effusion_base_full = effusion_base_full
+        self.effusion_fill_level = effusion_fill_level
+        self.pleural_margin = pleural_margin
+        self.ctr_midpoint = ctr_midpoint
+        self.ctr_scale = ctr_scale
+        self.strong_level = strong_level
+        self.probability_area = probability_area
+
+    def predict(self, images: Sequence[np.ndarray], anatomies: Sequence[AnatomyResult]) -> list[LesionPrior]:
+        return [self.predict_one(image, anatomy) for image, anatomy in zip(images, anatomies, strict=True)]
+
+    def predict_one(self, image: np.ndarray, anatomy: AnatomyResult) -> LesionPrior:
+        shape = image.shape[:2]
+        right = _mask(anatomy, Location.RIGHT_LUNG, shape)
+        left = _mask(anatomy, Location.LEFT_LUNG, shape)
+        heart = _mask(anatomy, Location.HEART, shape)
+        mediastinum = _mask(anatomy, "mediastinum", shape)
+        maps = {lesion.value: np.zeros(shape, np.float32) for lesion in LesionType}
+        probabilities = {lesion.value: 0.0 for lesion in LesionType}
+        if right.any() and left.any():
+            # The maps are smooth by construction: compute them at a reduced size, then upsample.
+            scale = min(1.0, self.work_size / max(shape))
+            work_shape = (max(1, round(shape[0] * scale)), max(1, round(shape[1] * scale)))
+            work_image = cv2.resize(image, work_shape[::-1], interpolation=cv2.INTER_AREA) if scale < 1 else image
+            at_work = [resize_mask(mask, *work_shape) for mask in (right, left, heart, mediastinum)]
+            work_maps = {}
+            self._lung_maps(work_image.astype(np.float32) / 255.0, *at_work, work_maps, probabilities)
+            field = (right | left) & ~heart & ~mediastinum
+            for lesion, work_map in work_maps.items():
+                full = cv2.resize(work_map, shape[::-1], interpolation=cv2.INTER_LINEAR) if scale < 1 else work_map
+                if lesion != LesionType.EFFUSION.value:  # effusion may reach past the lung outline
+                    full = full * field
+                maps[lesion] = np.clip(full, 0, 1).astype(np.float32)
+        ctr = cardiothoracic_ratio(anatomy)
+        if ctr is not None:
+            p_cardiomegaly = float(1.0 / (1.0 + np.exp(-(ctr - self.ctr_midpoint) / self.ctr_scale)))
+            maps[LesionType.CARDIOMEGALY.value] = heart.astype(np.float32) * p_cardiomegaly
+            probabilities[LesionType.CARDIOMEGALY.value] = p_cardiomegaly
+        return LesionPrior(maps=maps, probabilities=probabilities, backend=self.name, version=self.version)
+
+    def density(self, image: np.ndarray, frame: LungFrame, heart: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(local density vs the expected lung, vs the mirrored point, mirrored-point validity), 0 = aerated, 1 = soft tissue."""
+        sigma = self.smoothing * max(image.shape)
+        local = masked_gaussian(image, frame.field, sigma)
+        values = local[frame.field]
+        lung_level = float(np.quantile(values, self.baseline_quantile))
+        tissue = float(np.median(image[heart])) if heart.any() else float(np.quantile(image[frame.lungs | heart], 0.95))
+        contrast = max(tissue - lung_level, self.min_contrast)
+
+        # Expected aerated lung per (depth below the lung outline, height): both lungs pooled, so a bin is only
+        # raised when most of that ring is dense; the cap bounds how much normal structure it may absorb.
+        n_height, n_across = self.baseline_height_bins, self.baseline_across_bins
+        n_depth = len(self.baseline_depth_edges) + 1
+        height_bin = np.minimum((frame.v[frame.field] * n_height).astype(int), n_height - 1)
+        across_bin = np.minimum((frame.u[frame.field] * n_across).astype(int), n_across - 1)
+        depth_bin = np.digitize(frame.depth[frame.field], self.baseline_depth_edges)
+        grid = np.full((n_height, n_depth, n_across), lung_level, np.float32)
+        depth_edges = np.array([0.0, *self.baseline_depth_edges, 1.0])
+        depth_centres = (depth_edges[:-1] + depth_edges[1:]) / 2
+        cap = np.interp(depth_centres, [0.0, self.baseline_cap_depth], self.baseline_cap)
+        flat_bin = (height_bin * n_depth + depth_bin) * n_across + across_bin
+        for index in np.unique(flat_bin):
+            in_bin = values[flat_bin == index]
+            if in_bin.size >= 20:
+                ceiling = lung_level + cap[(index // n_across) % n_depth] * contrast
+                grid.flat[index] = min(np.quantile(in_bin, self.baseline_quantile), ceiling)
+        depth_coord = np.interp(frame.depth, depth_centres, np.arange(n_depth))
+        coords = np.stack([frame.v[frame.field] * n_height - 0.5, depth_coord[frame.field], frame.u[frame.field] * n_across - 0.5])
+        baseline = np.zeros(image.shape, np.float32)
+        baseline[frame.field] = ndimage.map_coordinates(grid, coords, order=1, mode="nearest")
+        vs_expected = (local - baseline) / contrast
+
+        mirrored = sample_at(local, frame.mirror_x, frame.mirror_y)
+        mirror_valid = sample_at(frame.field.astype(np.float32), frame.mirror_x, frame.mirror_y) > 0.5
+        vs_mirror = np.where(mirror_valid, (local - mirrored) / contrast, 0.0)
+        return vs_expected * frame.field, vs_mirror * frame.field, mirror_valid & frame.field
+
+    def _lung_maps(self, image, right, left, heart, mediastinum, maps, probabilities) -> None:
+        frame = lung_frame(right, left, heart | mediastinum)
+        if frame.field.sum() < 100:
+            return
+        vs_expected, vs_mirror, mirror_valid = self.density(image, frame, heart)
+        focal = np.maximum(vs_expected, self.contralateral_weight * vs_mirror) * frame.field
+        field = frame.field.astype(np.float32)
+
+        values = vs_expected[frame.field]
+        spread = 1.4826 * float(np.median(np.abs(values - np.median(values))))
+        opacity_levels = self._levels(self.opacity_density, spread)
+        opacity = ramp(focal, *opacity_levels) * field
+        maps[LesionType.OPACITY.value] = opacity
+        maps[LesionType.PNEUMONIA.value] = opacity
+        maps[LesionType.CONSOLIDATION.value] = ramp(focal, *self._levels(self.consolidation_density, spread)) * field
+
+        sigma = self.smoothing * max(image.shape)
+        band = masked_gaussian(focal, frame.field, sigma, sigma_x=sigma * self.atelectasis_band_ratio)
+        base_weight = self.atelectasis_apex_weight + (1 - self.atelectasis_apex_weight) * frame.v
+        maps[LesionType.ATELECTASIS.value] = ramp(band, *opacity_levels) * base_weight * field
+
+        # Edema: density on both sides at mirrored points (the lower of the two), strongest at the hila.
+        mirrored_expected = sample_at(vs_expected, frame.mirror_x, frame.mirror_y)
+        bilateral = np.where(mirror_valid, np.minimum(vs_expected, mirrored_expected), 0.0)
+        perihilar = 1.0 - (1.0 - self.edema_lateral_weight) * frame.u
+        maps[LesionType.EDEMA.value] = ramp(bilateral, *self._levels(self.edema_density, spread)) * perihilar * field
+
+        effusion_levels = self._levels(self.effusion_density, spread)
+        maps[LesionType.EFFUSION.value] = self._effusion(vs_expected, effusion_levels, frame, heart | mediastinum, max(image.shape))
+
+        lung_area = float(frame.field.sum())
+        for lesion in (LesionType.OPACITY, LesionType.PNEUMONIA, LesionType.CONSOLIDATION, LesionType.ATELECTASIS,
+                       LesionType.EDEMA, LesionType.EFFUSION):
+            probabilities[lesion.value] = self._probability(maps[lesion.value], lung_area)
+
+    def _levels(self, density: tuple[float, float], spread: float) -> tuple[float, float]:
+        return max(density[0], self.noise_levels[0] * spread), max(density[1], self.noise_levels[1] * spread)
+
+    def _effusion(self, vs_expected: np.ndarray, levels: tuple[float, float], frame: LungFrame, overlying: np.ndarray,
+                  long_side: int) -> np.ndarray:
+        """Dense evidence at the base that layers up from the lung's lower border, plus the pleural rim outside it."""
+        dense = ramp(vs_expected, *levels) * frame.field
+        base = ramp(frame.v, self.effusion_base_start, self.effusion_base_full)
+        evidence = dense * base * (0.5 + 0.5 * frame.u)  # meniscus: fluid climbs highest laterally
+        # Fill from the bottom: in each column, fluid is the run of evidence directly above the lung's lower border.
+        fluid = evidence >= self.effusion_fill_level
+        below_is_fluid_or_outside = np.ones(fluid.shape[1], bool)
+        filled = np.zeros_like(fluid)
+        for y in range(fluid.shape[0] - 1, -1, -1):
+            row_lung = frame.field[y]
+            filled[y] = fluid[y] & below_is_fluid_or_outside
+            below_is_fluid_or_outside = np.where(row_lung, filled[y], below_is_fluid_or_outside)
+        effusion = evidence * filled
+        margin = max(1, int(round(self.pleural_margin * long_side)))
+        kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * margin + 1, 2 * margin + 1))
+        rim = cv2.dilate(frame.lungs.astype(np.uint8), kernel).astype(bool) & ~frame.lungs & ~overlying
+        spill = cv2.dilate(effusion, kernel)
+        return np.where(rim, spill, effusion).astype(np.float32)
+
+    def _probability(self, lesion_map: np.ndarray, lung_area: float) -> float:
+        strong = lesion_map >= self.strong_level
+        if not strong.any():
+            return 0.0
+        fraction = strong.sum() / lung_area
+        return float(np.mean(lesion_map[strong]) * (1.0 - np.exp(-fraction / self.probability_area)))
+
+
+def _mask(anatomy: AnatomyResult, name: str, shape: tuple[int, int]) -> np.ndarray:
+    mask = anatomy.masks.get(str(name))
+    if mask is None:
+        return np.zeros(shape, bool)
+    if mask.shape != shape:
+        raise ValueError(f"anatomy mask '{name}' is {mask.shape}, the image is {shape}")
+    return mask.astype(bool)

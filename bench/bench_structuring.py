@@ -1,0 +1,90 @@
+"""Throughput of the rule-based structurer: reports/second on one core over the OpenI reports.
+
+The reports are read and the pipeline is built first (not timed); then `structure` runs over all
+reports three times and the median is printed, with a per-stage breakdown of one extra run.
+
+Run: .venv/bin/python bench/bench_structuring.py [--reports PATH] [--runs 3]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from transforms.report_readers import iter_reports  # noqa: E402
+from transforms.sections import parse_sections  # noqa: E402
+from transforms.sentences import split_sentences  # noqa: E402
+from transforms.structuring import RuleStructurer, load_vocabulary  # noqa: E402
+
+
+def openi_tgz() -> Path:
+    import torchxrayvision
+
+    return Path(torchxrayvision.__file__).resolve().parent / "data" / "NLMCXR_reports.tgz"
+
+
+def pin_to_one_core() -> str:
+    if hasattr(os, "sched_setaffinity"):
+        core = min(os.sched_getaffinity(0))
+        os.sched_setaffinity(0, {core})
+        return f"pinned to core {core}"
+    return "not pinned (no sched_setaffinity)"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--reports", type=Path, default=None, help="OpenI .tgz, XML folder, MIMIC root or CSV")
+    parser.add_argument("--vocabulary", default="en_cxr")
+    parser.add_argument("--runs", type=int, default=3)
+    args = parser.parse_args()
+
+    pinning = pin_to_one_core()
+    reports = list(iter_reports(args.reports or openi_tgz()))
+    started = time.perf_counter()
+    structurer = RuleStructurer(load_vocabulary(args.vocabulary))
+    load_s = time.perf_counter() - started
+    structurer.structure(reports[:200])  # warm the tokenizer cache and the vocabulary's strings
+
+    seconds = []
+    for _ in range(args.runs):
+        started = time.perf_counter()
+        findings = structurer.structure(reports)
+        seconds.append(time.perf_counter() - started)
+    median = statistics.median(seconds)
+    n_findings = sum(len(f) for f in findings)
+    print(f"reports: {len(reports)}  findings: {n_findings}  load: {load_s:.2f} s  ({pinning})")
+    print(f"runs (s): {', '.join(f'{s:.3f}' for s in seconds)}")
+    print(f"median: {median:.3f} s  ->  {len(reports) / median:,.0f} reports/s on one core"
+          f"  (best run {len(reports) / min(seconds):,.0f} reports/s)")
+
+    # Where the time goes (one run, stage by stage).
+    nlp = structurer.nlp
+    timings = {}
+    started = time.perf_counter()
+    sections = [parse_sections(r.text) for r in reports]
+    timings["sections"] = time.perf_counter() - started
+    started = time.perf_counter()
+    sentences = [split_sentences(r.text, s) for r, s in zip(reports, sections)]
+    timings["sentences"] = time.perf_counter() - started
+    started = time.perf_counter()
+    docs = list(structurer._docs(reports, sentences))
+    timings["tokenizer"] = time.perf_counter() - started
+    for name, component in nlp.pipeline:
+        started = time.perf_counter()
+        docs = [component(doc) for doc in docs]
+        timings[name] = time.perf_counter() - started
+    started = time.perf_counter()
+    for report, sents, doc in zip(reports, sentences, docs):
+        structurer._findings(report, sents, doc)
+    timings["findings"] = time.perf_counter() - started
+    print("per report: " + "  ".join(f"{k} {v * 1e6 / len(reports):.0f} us" for k, v in timings.items()))
+
+
+if __name__ == "__main__":
+    main()

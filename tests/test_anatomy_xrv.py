@@ -1,0 +1,105 @@
+"""cxas and pspnet backends through their real loading path, with random weights in a temporary cache.
+
+The architectures are torchxrayvision's own, built without weights; their random state dicts are saved
+under the file name (and in the format) of the published checkpoints, then loaded by the backends.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torchxrayvision.baseline_models import chestx_anatomy
+from torchxrayvision.baseline_models.chestx_det.ptsemseg.pspnet import pspnet
+
+from anatomy_models.cxas import CxasAnatomy
+from anatomy_models.pspnet import PspnetAnatomy
+from anatomy_models.weights import CXAS_WEIGHTS, PSPNET_WEIGHTS, MissingWeightsError, resolve_weights
+from schemas.vocab import Location
+
+EXPECTED_LOCATIONS = {location.value for location in Location}
+
+
+def _images() -> list[np.ndarray]:
+    rng = np.random.default_rng(0)
+    portrait = rng.integers(0, 256, (300, 240), dtype=np.uint8)
+    landscape = rng.random((200, 330), dtype=np.float32) * 4095  # e.g. a 12-bit film as float
+    return [portrait, landscape]
+
+
+def _check_results(results, images, backend: str, extras: set[str]) -> None:
+    assert len(results) == len(images)
+    for result, image in zip(results, images):
+        assert result.backend == backend
+        assert set(result.masks) >= EXPECTED_LOCATIONS | extras
+        for name, mask in result.masks.items():
+            assert mask.shape == image.shape and mask.dtype == bool, name
+            assert 0.0 <= result.confidence[name] <= 1.0
+            if not mask.any():
+                assert result.confidence[name] == 0.0
+
+
+@pytest.fixture(scope="module")
+def cxas_cache(tmp_path_factory):
+    torch.manual_seed(0)
+    directory = tmp_path_factory.mktemp("cxas")
+    model = chestx_anatomy.UNetResNet50(weights=False)
+    torch.save(model.state_dict(), directory / CXAS_WEIGHTS.filename)
+    return directory, model
+
+
+@pytest.fixture(scope="module")
+def pspnet_cache(tmp_path_factory):
+    torch.manual_seed(0)
+    directory = tmp_path_factory.mktemp("pspnet")
+    model = pspnet(14)
+    # The published file is a DataParallel state dict; torchxrayvision's loader strips 'module.'.
+    torch.save({f"module.{key}": value for key, value in model.state_dict().items()}, directory / PSPNET_WEIGHTS.filename)
+    return directory, model
+
+
+def test_cxas_loads_saved_weights_and_segments_images_of_any_size(cxas_cache):
+    directory, reference = cxas_cache
+    backend = CxasAnatomy(weights_dir=str(directory), device="cpu", batch_size=2)
+    backend.load()
+    key = "head.out.conv.weight"
+    assert torch.equal(backend.model.state_dict()[key], reference.state_dict()[key])
+    assert not backend.model.training
+    images = _images()
+    _check_results(backend.segment(images), images, "cxas", {"mediastinum", "diaphragm"})
+
+
+def test_pspnet_loads_saved_weights_and_derives_zones(pspnet_cache):
+    directory, reference = pspnet_cache
+    backend = PspnetAnatomy(weights_dir=str(directory), device="cpu")
+    backend.load()
+    key = "classification.weight"
+    assert torch.equal(backend.model.model.state_dict()[key], reference.state_dict()[key])
+    images = _images()[1:]  # one non-square float image: a PSPNet forward takes ~25 s on 2 CPU cores
+    results = backend.segment(images)
+    _check_results(results, images, "pspnet", {"mediastinum", "diaphragm"})
+    for result in results:  # zones come from the lung masks: they partition each lung
+        for side in ("right", "left"):
+            zones = [result.masks[name] for name in result.masks if name.startswith(side) and ("zone" in name or "base" in name)]
+            assert (np.sum(zones, axis=0) == result.masks[f"{side} lung"]).all()
+
+
+@pytest.mark.parametrize(("backend", "spec"), [(CxasAnatomy, CXAS_WEIGHTS), (PspnetAnatomy, PSPNET_WEIGHTS)])
+def test_missing_weights_name_the_file_and_the_url(tmp_path, backend, spec):
+    with pytest.raises(MissingWeightsError) as raised:
+        backend(weights_dir=str(tmp_path))
+    message = str(raised.value)
+    assert str(tmp_path / spec.filename) in message
+    assert spec.url in message and spec.url.startswith("https://github.com/mlmed/torchxrayvision/releases/")
+    assert not (tmp_path / spec.filename).exists()  # nothing was downloaded
+
+
+def test_weights_resolve_in_the_named_folder(tmp_path):
+    (tmp_path / CXAS_WEIGHTS.filename).write_bytes(b"")
+    assert resolve_weights(CXAS_WEIGHTS, tmp_path) == tmp_path / CXAS_WEIGHTS.filename
+
+
+def test_bad_options_are_clear_errors():
+    with pytest.raises(ValueError, match="cxas.*treshold"):
+        CxasAnatomy(treshold=0.4)
+    with pytest.raises(ValueError, match="pspnet.*thresholds"):
+        PspnetAnatomy(thresholds={"spleen": 0.3})

@@ -1,0 +1,276 @@
+"""Lesion priors: the classical anomaly map on drawn frontal phantoms (and real radiographs when present),
+and the torchxrayvision backend through its real weight-loading path with random weights."""
+from __future__ import annotations
+
+import csv
+import zipfile
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from anatomy_models.classical_prior import ClassicalLesionPrior
+from schemas.vocab import LUNG_BY_SIDE, ZONES_BY_SIDE, LesionType, Location
+from transforms.records import AnatomyResult
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+LUNG_TYPES = [t.value for t in LesionType if t is not LesionType.CARDIOMEGALY]
+
+
+def ellipse(shape, cy, cx, ry, rx) -> np.ndarray:
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    return ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 <= 1
+
+
+def frontal_phantom(height=320, width=300, heart_rx=0.13, seed=0):
+    """Dark lungs in a brighter body, a dense heart, rib shadows and noise; returns (float image, anatomy).
+
+    The patient's right lung is on the image left.
+    """
+    rng = np.random.default_rng(seed)
+    shape = (height, width)
+    image = np.full(shape, 0.1, np.float32)
+    body = ellipse(shape, height * 0.55, width * 0.5, height * 0.5, width * 0.46)
+    image[body] = 0.62
+    right = ellipse(shape, height * 0.5, width * 0.31, height * 0.33, width * 0.14)
+    left = ellipse(shape, height * 0.5, width * 0.69, height * 0.33, width * 0.14)
+    image[right | left] = 0.25
+    yy, xx = np.mgrid[:height, :width]
+    ribs = 0.06 * (np.sin(yy / height * 2 * np.pi * 9 + 0.3 * np.abs(xx - width / 2) / width * 2 * np.pi) > 0.4)
+    image += np.where(right | left, ribs, 0)
+    # Chest wall overlaps the lung outline: the lateral rim of a real lung is denser than its core.
+    rim = (right | left) & ~cv2.erode((right | left).astype(np.uint8), np.ones((9, 9), np.uint8)).astype(bool)
+    image[rim] += 0.08
+    heart = ellipse(shape, height * 0.7, width * 0.55, height * 0.13, width * heart_rx)
+    image[heart] = 0.7
+    image += rng.normal(0, 0.02, shape).astype(np.float32)
+    masks = {LUNG_BY_SIDE["right"].value: right, LUNG_BY_SIDE["left"].value: left,
+             Location.LUNG.value: right | left, Location.HEART.value: heart}
+    for side, lung in (("right", right), ("left", left)):
+        rows = np.flatnonzero(lung.any(axis=1))
+        edges = np.linspace(rows[0], rows[-1] + 1, 5).astype(int)
+        for zone, y0, y1 in zip(ZONES_BY_SIDE[side], edges[:-1], edges[1:]):
+            band = np.zeros(shape, bool)
+            band[y0:y1] = True
+            masks[zone.value] = lung & band
+    anatomy = AnatomyResult(masks=masks, confidence={k: 1.0 for k in masks}, backend="phantom", version="0")
+    return image, anatomy
+
+
+def to_uint8(image: np.ndarray) -> np.ndarray:
+    return np.clip(cv2.GaussianBlur(image, (0, 0), 1.0) * 255, 0, 255).astype(np.uint8)
+
+
+def add_lesion(image: np.ndarray, lesion: np.ndarray, density: float = 0.35) -> np.ndarray:
+    """Add soft-edged density over `lesion` (an opacity lets through less of the beam: brighter)."""
+    soft = cv2.GaussianBlur(lesion.astype(np.float32), (0, 0), 2.0)
+    return image + density * soft
+
+
+@pytest.fixture(scope="module")
+def prior():
+    return ClassicalLesionPrior()
+
+
+def test_maps_are_well_formed_for_every_type(prior):
+    image, anatomy = frontal_phantom(height=300, width=260)
+    (result,) = prior.predict([to_uint8(image)], [anatomy])
+    assert set(result.maps) == {t.value for t in LesionType} == set(result.probabilities)
+    for lesion_map in result.maps.values():
+        assert lesion_map.shape == (300, 260) and lesion_map.dtype == np.float32
+        assert 0 <= lesion_map.min() and lesion_map.max() <= 1
+    assert all(0 <= p <= 1 for p in result.probabilities.values())
+    assert result.backend == "classical"
+
+
+def test_normal_lungs_give_low_maps(prior):
+    for seed in range(3):
+        image, anatomy = frontal_phantom(seed=seed)
+        (result,) = prior.predict([to_uint8(image)], [anatomy])
+        lungs = anatomy.masks[Location.LUNG.value]
+        for lesion in LUNG_TYPES:
+            assert result.maps[lesion][lungs].mean() < 0.02, lesion
+            assert result.probabilities[lesion] < 0.15, lesion
+
+
+def test_opacity_mass_lies_on_the_drawn_lesion(prior):
+    image, anatomy = frontal_phantom()
+    lesion = ellipse(image.shape, 130, 95, 22, 18)  # right upper/mid lung
+    (result,) = prior.predict([to_uint8(add_lesion(image, lesion))], [anatomy])
+    near = cv2.dilate(lesion.astype(np.uint8), np.ones((9, 9), np.uint8)).astype(bool)
+    for lesion_type in ("opacity", "pneumonia", "consolidation"):
+        lesion_map = result.maps[lesion_type]
+        assert lesion_map[near].sum() / lesion_map.sum() > 0.8, lesion_type
+        assert lesion_map[lesion].mean() > (0.6 if lesion_type != "consolidation" else 0.4), lesion_type
+        assert result.probabilities[lesion_type] > 0.5, lesion_type
+    healthy_lung = anatomy.masks["left lung"]
+    assert result.maps["opacity"][healthy_lung].mean() < 0.01
+    # a unilateral focus is not edema
+    assert result.probabilities["edema"] < 0.15
+
+
+def test_faint_opacity_is_opacity_but_not_consolidation(prior):
+    image, anatomy = frontal_phantom()
+    lesion = ellipse(image.shape, 130, 205, 20, 16)
+    (result,) = prior.predict([to_uint8(add_lesion(image, lesion, density=0.22))], [anatomy])
+    assert result.probabilities["opacity"] > result.probabilities["consolidation"]
+    assert result.maps["opacity"][lesion].mean() > result.maps["consolidation"][lesion].mean()
+
+
+def test_effusion_concentrates_at_the_base(prior):
+    image, anatomy = frontal_phantom()
+    right = anatomy.masks["right lung"]
+    rows = np.flatnonzero(right.any(axis=1))
+    yy, xx = np.mgrid[: image.shape[0], : image.shape[1]]
+    # fluid layering from the base, its surface (meniscus) climbing laterally (image left for the right lung)
+    level = rows[-1] - 0.28 * (rows[-1] - rows[0]) - 0.5 * np.clip(95 - xx, 0, None)
+    fluid = right & (yy >= level)
+    (result,) = prior.predict([to_uint8(add_lesion(image, fluid, density=0.45))], [anatomy])
+    effusion = result.maps["effusion"]
+    lower_third = yy >= rows[-1] - (rows[-1] - rows[0]) / 3
+    assert effusion[lower_third].sum() / effusion.sum() > 0.9
+    assert effusion[fluid].mean() > 0.4
+    assert effusion[:, image.shape[1] // 2:].sum() < 0.02 * effusion.sum()
+    assert result.probabilities["effusion"] > 0.5
+
+
+def test_upper_zone_opacity_is_not_effusion(prior):
+    image, anatomy = frontal_phantom()
+    lesion = ellipse(image.shape, 110, 90, 18, 20)
+    (result,) = prior.predict([to_uint8(add_lesion(image, lesion, density=0.45))], [anatomy])
+    assert result.probabilities["effusion"] < 0.15 < result.probabilities["consolidation"]
+
+
+def test_bilateral_perihilar_haze_is_edema(prior):
+    image, anatomy = frontal_phantom()
+    haze = ellipse(image.shape, 150, 110, 40, 26) | ellipse(image.shape, 150, 190, 40, 26)
+    haze &= anatomy.masks[Location.LUNG.value]
+    (result,) = prior.predict([to_uint8(add_lesion(image, haze, density=0.3))], [anatomy])
+    edema = result.maps["edema"]
+    assert result.probabilities["edema"] > 0.5
+    assert edema[anatomy.masks["right lung"]].sum() > 0.3 * edema.sum()
+    assert edema[anatomy.masks["left lung"]].sum() > 0.3 * edema.sum()
+    near = cv2.dilate(haze.astype(np.uint8), np.ones((9, 9), np.uint8)).astype(bool)
+    assert edema[near].sum() / edema.sum() > 0.8
+
+
+def test_cardiomegaly_probability_rises_with_heart_width(prior):
+    probabilities = []
+    for heart_rx in (0.1, 0.14, 0.18, 0.22):
+        image, anatomy = frontal_phantom(heart_rx=heart_rx)
+        (result,) = prior.predict([to_uint8(image)], [anatomy])
+        probabilities.append(result.probabilities["cardiomegaly"])
+        heart = anatomy.masks[Location.HEART.value]
+        assert np.allclose(result.maps["cardiomegaly"][heart], probabilities[-1])
+        assert not result.maps["cardiomegaly"][~heart].any()
+    assert probabilities == sorted(probabilities)
+    assert probabilities[0] < 0.1 and probabilities[-1] > 0.9  # CTR ≈ 0.36 vs ≈ 0.79
+
+
+def test_missing_lungs_give_empty_lung_maps(prior):
+    image, anatomy = frontal_phantom()
+    masks = {k: v for k, v in anatomy.masks.items() if k != "left lung"}
+    (result,) = prior.predict([to_uint8(image)], [AnatomyResult(masks, {}, "phantom", "0")])
+    assert all(not result.maps[t].any() for t in LUNG_TYPES)
+
+
+def _real_cases(count: int):
+    """Real radiographs at 512 px with their annotated lungs split into sides (no heart annotation)."""
+    root = SHARED_DATA / "cxr-lungs-dev"
+    xrv = pytest.importorskip("torchxrayvision")
+    archive = Path(xrv.__file__).parent / "data" / "semantic_masks_v7labs_lungs.zip"
+    if not (root / "manifest.csv").exists() or not archive.exists():
+        pytest.skip("real radiographs not available")
+    with open(root / "manifest.csv") as handle:
+        rows = list(csv.DictReader(handle))[:count]
+    cases = []
+    with zipfile.ZipFile(archive) as masks:
+        for row in rows:
+            image = cv2.imread(str(root / "images" / row["image"]), cv2.IMREAD_GRAYSCALE)
+            scale = 512 / max(image.shape)
+            size = (round(image.shape[1] * scale), round(image.shape[0] * scale))
+            image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+            lungs = cv2.imdecode(np.frombuffer(masks.read(row["mask_member"]), np.uint8), cv2.IMREAD_GRAYSCALE)
+            lungs = cv2.resize(lungs, size, interpolation=cv2.INTER_NEAREST) >= 128
+            _, labels, stats, _ = cv2.connectedComponentsWithStats(lungs.astype(np.uint8))
+            first, second = (labels == k for k in np.argsort(-stats[1:, cv2.CC_STAT_AREA])[:2] + 1)
+            right, left = (first, second) if np.flatnonzero(first.any(0)).mean() < np.flatnonzero(second.any(0)).mean() else (second, first)
+            masks_by_name = {"right lung": right, "left lung": left, "lung": right | left}
+            cases.append((image, AnatomyResult(masks_by_name, {}, "v7labs", "0")))
+    return cases
+
+
+def test_real_radiographs_give_bounded_maps(prior):
+    cases = _real_cases(5)
+    results = prior.predict([image for image, _ in cases], [anatomy for _, anatomy in cases])
+    strong_fractions = []
+    for (image, anatomy), result in zip(cases, results):
+        lungs = anatomy.masks["lung"]
+        for lesion_map in result.maps.values():
+            assert lesion_map.shape == image.shape and np.isfinite(lesion_map).all()
+        strong_fractions.append(float((result.maps["opacity"][lungs] >= 0.5).mean()))
+    # COVID-19 patients: opacities are expected, but never the whole lung field everywhere
+    assert np.median(strong_fractions) < 0.3 and max(strong_fractions) < 0.7
+
+
+def _saved_random_densenet(folder: Path, weights: str, as_module: bool) -> Path:
+    """A randomly initialised DenseNet saved under the file name the loader looks for (as torchxrayvision
+    publishes it: a whole pickled model; or as a plain state dict)."""
+    torch = pytest.importorskip("torch")
+    xrv = pytest.importorskip("torchxrayvision")
+    torch.manual_seed(0)
+    model = xrv.models.DenseNet(weights=None, num_classes=len(xrv.models.model_urls[weights]["labels"]))
+    path = folder / Path(xrv.models.model_urls[weights]["weights_url"]).name
+    torch.save(model if as_module else model.state_dict(), path)
+    return path
+
+
+@pytest.mark.parametrize("as_module", [True, False])
+def test_xrv_prior_loads_saved_weights_and_maps_two_image_sizes(tmp_path, as_module):
+    torch = pytest.importorskip("torch")
+    xrv = pytest.importorskip("torchxrayvision")
+    from anatomy_models.xrv_prior import XrvLesionPrior, padded_model_input
+
+    _saved_random_densenet(tmp_path, "densenet121-res224-all", as_module)
+    prior = XrvLesionPrior(weights_dir=str(tmp_path), device="cpu")
+    first, first_anatomy = frontal_phantom(height=320, width=300)
+    second, second_anatomy = frontal_phantom(height=256, width=300, seed=1)
+    images = [to_uint8(first), to_uint8(second)]
+    results = prior.predict(images, [first_anatomy, second_anatomy])
+    assert len(results) == 2
+    for image, anatomy, result in zip(images, [first_anatomy, second_anatomy], results):
+        assert set(result.maps) == {t.value for t in LesionType} == set(result.probabilities)
+        for lesion, lesion_map in result.maps.items():
+            assert lesion_map.shape == image.shape and lesion_map.dtype == np.float32
+            assert 0 <= lesion_map.min() and lesion_map.max() <= 1
+        far_from_lungs = ~cv2.dilate(anatomy.masks["lung"].astype(np.uint8), np.ones((41, 41), np.uint8)).astype(bool)
+        assert not result.maps["opacity"][far_from_lungs].any()
+        near_heart = cv2.dilate(anatomy.masks["heart"].astype(np.uint8), np.ones((15, 15), np.uint8)).astype(bool)
+        assert not result.maps["cardiomegaly"][~near_heart].any()
+        assert result.backend == "xrv"
+    # image-level probabilities are torchxrayvision's own output for these weights (sigmoid + operating points)
+    model = xrv.models.DenseNet(weights=None, num_classes=18)
+    model.load_state_dict(prior._model.state_dict(), strict=False)
+    model.op_threshs = torch.tensor(xrv.models.model_urls["densenet121-res224-all"]["op_threshs"])
+    model.eval()
+    with torch.inference_mode():
+        expected = model(torch.from_numpy(padded_model_input(images[1], 224)[0][None]))[0]
+    labels = xrv.models.model_urls["densenet121-res224-all"]["labels"]
+    assert results[1].probabilities["effusion"] == pytest.approx(float(expected[labels.index("Effusion")]), abs=1e-5)
+    assert results[1].probabilities["opacity"] == pytest.approx(float(expected[labels.index("Lung Opacity")]), abs=1e-5)
+
+
+def test_xrv_prior_without_weights_names_the_file_and_where_to_get_it(tmp_path):
+    pytest.importorskip("torchxrayvision")
+    from anatomy_models.xrv_prior import XrvLesionPrior
+
+    from anatomy_models.weights import MissingWeightsError
+
+    with pytest.raises(MissingWeightsError) as error:
+        XrvLesionPrior(weights_dir=str(tmp_path))
+    message = str(error.value)
+    assert str(tmp_path / "nih-pc-chex-mimic_ch-google-openi-kaggle-densenet121-d121-tw-lr001-rot45-tr15-sc15-seed0-best.pt") in message
+    assert "https://github.com/mlmed/torchxrayvision/releases/download/v1/" in message
+    with pytest.raises(ValueError, match="unknown torchxrayvision"):
+        XrvLesionPrior(weights="resnet50-res512-all", weights_dir=str(tmp_path))

@@ -1,0 +1,125 @@
+"""End to end: synthetic corpus -> Beam pipeline (classical backends) -> the six tables, checked."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline.config import load_config
+from pipeline.contract import check_run
+from pipeline.corpus import index_mimic_cxr_jpg
+from pipeline.run import run_pipeline
+from pipeline.synth import synthesize_corpus
+from pipeline.writers import read_table
+from schemas.tables import TABLES
+from transforms.masks import decode_rle
+
+N_STUDIES = 14
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    root = tmp_path_factory.mktemp("corpus")
+    synthesize_corpus(root, N_STUDIES, seed=3)
+    return root
+
+
+@pytest.fixture(scope="module")
+def run_dir(corpus, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    run_pipeline(corpus, out, load_config("classical"), overwrite=True)
+    return out
+
+
+def tables(out):
+    return {name: read_table(str(out), name).to_pylist() for name in TABLES}
+
+
+def test_tables_honour_the_contract(run_dir, corpus):
+    assert check_run(run_dir) == []
+    t = tables(run_dir)
+    for name in ("studies", "pairs", "masks", "findings", "discarded"):
+        assert t[name], f"{name} is empty"
+    for name, schema in TABLES.items():
+        for shard in (run_dir / name).glob("part-*.parquet"):
+            assert pq.read_schema(shard).equals(schema, check_metadata=False)
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert manifest["counts"]["studies"] == N_STUDIES == len({r["study_id"] for r in t["studies"]})
+    assert manifest["contract_problems"] == [] and manifest["config_name"] == "classical"
+
+
+def test_positive_masks_overlap_the_ground_truth(run_dir, corpus):
+    import cv2
+
+    t = tables(run_dir)
+    masks = {m["mask_id"]: m for m in t["masks"]}
+    hits, total = 0, 0
+    for pair in t["pairs"]:
+        if not pair["is_positive"]:
+            assert pair["mask_id"] is None
+            continue
+        if pair["instruction_type"] != "global":
+            continue
+        mask = masks[pair["mask_id"]]
+        truth_path = corpus / "ground_truth" / "masks" / pair["dicom_id"] / f"{pair['target']}.png"
+        total += 1
+        if truth_path.is_file():
+            truth = cv2.imread(str(truth_path), cv2.IMREAD_GRAYSCALE) > 127
+            predicted = decode_rle(mask["rle"], mask["height"], mask["width"])
+            assert predicted.shape == truth.shape
+            hits += bool((predicted & truth).sum() / predicted.sum() > 0.3)
+    assert total > 0 and hits / total >= 0.6, f"{hits}/{total} positive masks overlap their ground truth"
+
+
+def test_reported_but_invisible_findings_are_mostly_discarded(run_dir, corpus):
+    truth = pq.read_table(corpus / "ground_truth" / "findings.parquet").to_pylist()
+    invisible = {(r["dicom_id"], r["target"]) for r in truth
+                 if r["presence"] == "present" and r["certainty"] == "definite" and not r["visible"]}
+    positives = {(p["dicom_id"], p["target"]) for p in tables(run_dir)["pairs"] if p["is_positive"]}
+    if invisible:
+        assert len(invisible & positives) / len(invisible) <= 0.5
+
+
+def test_same_input_gives_byte_identical_tables_with_two_worker_processes(run_dir, corpus, tmp_path):
+    out = tmp_path / "again"
+    run_pipeline(corpus, out, load_config("classical"),
+                 ["--direct_num_workers", "2", "--direct_running_mode", "multi_processing"], overwrite=True)
+    for name in ("pairs", "masks", "findings", "studies", "discarded"):
+        first = sorted((run_dir / name).glob("part-*.parquet"))
+        second = sorted((out / name).glob("part-*.parquet"))
+        assert [p.name for p in first] == [p.name for p in second]
+        for a, b in zip(first, second):
+            assert a.read_bytes() == b.read_bytes(), f"{name}/{a.name} differs"
+
+
+def test_damaged_inputs_are_accounted_not_lost(corpus, tmp_path):
+    damaged = tmp_path / "damaged"
+    shutil.copytree(corpus, damaged)
+    reports = sorted(damaged.glob("files/p*/p*/s*.txt"))
+    reports[0].write_bytes(b"\xff\xfe\x00 not utf-8 \xc3\x28")
+    reports[1].write_text("")
+    images = [i for s in index_mimic_cxr_jpg(damaged) for i in s.images]
+    frontal = [damaged / i.path for i in images if i.view_position in ("PA", "AP")]
+    lateral = next(damaged / i.path for i in images if i.view_position == "LATERAL")
+    frontal[0].write_bytes(frontal[0].read_bytes()[:5000])
+    frontal[1].unlink()
+    lateral.unlink()
+    out = tmp_path / "run"
+    summary = run_pipeline(damaged, out, load_config("classical"), overwrite=True)
+    assert summary.problems == []
+    t = tables(out)
+    assert len(t["studies"]) == N_STUDIES
+    errors = {(e["stage"], e["error_type"]) for e in t["errors"]}
+    assert {("read", "UnicodeDecodeError"), ("read", "ValueError"), ("read", "FileNotFoundError")} <= errors
+    assert sum(e["stage"] == "decode" for e in t["errors"]) == 2
+    assert all(e["study_id"] and e["message"] for e in t["errors"])
+
+
+def test_existing_output_is_refused_without_overwrite(run_dir, corpus):
+    from pipeline.errors import UserError
+
+    with pytest.raises(UserError, match="--overwrite"):
+        run_pipeline(corpus, run_dir, load_config("classical"))

@@ -1,0 +1,161 @@
+"""Mask refiners: the GrabCut refiner recovers drawn lesions from loose boxes; the SAM refiner runs its
+real checkpoint-loading and batched prompting path with randomly initialised weights."""
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+
+from anatomy_models.classical_refiner import GrabCutRefiner, iou
+from transforms.records import Box
+
+
+def ellipse(shape, cy, cx, ry, rx, angle=0.0) -> np.ndarray:
+    yy, xx = np.mgrid[: shape[0], : shape[1]].astype(np.float32)
+    c, s = np.cos(angle), np.sin(angle)
+    u, v = (xx - cx) * c + (yy - cy) * s, -(xx - cx) * s + (yy - cy) * c
+    return (v / ry) ** 2 + (u / rx) ** 2 <= 1
+
+
+def lung_scene(shape=(256, 256), seed=0) -> np.ndarray:
+    """A dark lung with rib shadows, vessels-like texture and noise (float, 0–1)."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    image = 0.28 + 0.06 * (np.sin(yy / 9.0 + xx / 60.0) > 0.5)
+    image += cv2.GaussianBlur(rng.normal(0, 0.05, shape).astype(np.float32), (0, 0), 3) + rng.normal(0, 0.02, shape)
+    return image.astype(np.float32)
+
+
+def draw(image: np.ndarray, lesion: np.ndarray, density: float) -> np.ndarray:
+    return np.clip((image + density * cv2.GaussianBlur(lesion.astype(np.float32), (0, 0), 1.5)) * 255, 0, 255).astype(np.uint8)
+
+
+def prior_component(lesion: np.ndarray, shift=(0, 0), blur=8.0, level=0.5) -> np.ndarray:
+    """What a smooth prior's component looks like: the lesion blurred, thresholded and a little off."""
+    smooth = cv2.GaussianBlur(np.roll(lesion, shift, axis=(0, 1)).astype(np.float32), (0, 0), blur)
+    return smooth >= level * smooth.max()
+
+
+def loose_box(mask: np.ndarray, pad: float, shape) -> Box:
+    ys, xs = np.nonzero(mask)
+    py, px = int(pad * (ys.max() - ys.min())), int(pad * (xs.max() - xs.min()))
+    return Box(max(0, xs.min() - px), max(0, ys.min() - py), min(shape[1], xs.max() + 1 + px), min(shape[0], ys.max() + 1 + py))
+
+
+LESIONS = {
+    "round": dict(cy=120, cx=110, ry=26, rx=26),
+    "oval tilted": dict(cy=140, cx=140, ry=18, rx=40, angle=0.5),
+    "small": dict(cy=80, cx=170, ry=11, rx=13),
+}
+
+
+@pytest.mark.parametrize("name", list(LESIONS))
+def test_grabcut_recovers_a_drawn_lesion_from_a_loose_box(name):
+    shape = (256, 256)
+    lesion = ellipse(shape, **LESIONS[name])
+    image = draw(lung_scene(shape), lesion, density=0.3)
+    seed = prior_component(lesion, shift=(4, -3))
+    box = loose_box(seed, pad=0.25, shape=shape)
+    (refined,) = GrabCutRefiner().refine(image, [box], [seed])
+    assert refined.mask.shape == shape and refined.mask.dtype == bool
+    assert iou(refined.mask, lesion) > 0.7
+    assert iou(refined.mask, lesion) > iou(seed, lesion) - 0.05
+    assert 0 < refined.score <= 1
+
+
+def test_grabcut_refines_several_boxes_independently():
+    shape = (256, 256)
+    first, second = ellipse(shape, 70, 70, 20, 24), ellipse(shape, 180, 180, 24, 18)
+    image = draw(lung_scene(shape, seed=1), first | second, density=0.3)
+    seeds = [prior_component(first), prior_component(second)]
+    boxes = [loose_box(s, 0.3, shape) for s in seeds]
+    refined = GrabCutRefiner().refine(image, boxes, seeds)
+    assert len(refined) == 2
+    assert iou(refined[0].mask, first) > 0.7 and not (refined[0].mask & second).any()
+    assert iou(refined[1].mask, second) > 0.7 and not (refined[1].mask & first).any()
+
+
+def test_grabcut_on_flat_lung_keeps_little_and_scores_low():
+    shape = (200, 200)
+    image = draw(lung_scene(shape, seed=2), np.zeros(shape, bool), density=0.0)
+    seed = ellipse(shape, 100, 100, 20, 20)
+    (refined,) = GrabCutRefiner().refine(image, [Box(70, 70, 131, 131)], [seed])
+    assert refined.mask.shape == shape
+    assert refined.score < 0.9
+
+
+def test_grabcut_with_empty_seed_returns_empty_mask():
+    image = draw(lung_scene((128, 128)), np.zeros((128, 128), bool), density=0.0)
+    (refined,) = GrabCutRefiner().refine(image, [Box(10, 10, 40, 40)], [np.zeros((128, 128), bool)])
+    assert not refined.mask.any() and refined.score == 0.0
+
+
+def _tiny_sam(checkpoint=None):
+    """A SAM with a two-block, 64-wide image encoder: the real architecture and code path, test-sized."""
+    from segment_anything.build_sam import _build_sam
+
+    return _build_sam(encoder_embed_dim=64, encoder_depth=2, encoder_num_heads=2, encoder_global_attn_indexes=[1],
+                      checkpoint=checkpoint)
+
+
+def _saved_random_sam(tmp_path, model_type, builder):
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    path = tmp_path / f"sam_{model_type}_random.pth"
+    torch.save(builder(checkpoint=None).state_dict(), path)
+    return path
+
+
+def _refine_two_boxes(refiner):
+    shape = (180, 150)
+    first, second = ellipse(shape, 60, 50, 18, 20), ellipse(shape, 130, 100, 22, 18)
+    image = draw(lung_scene(shape), first | second, density=0.3)
+    seeds = [prior_component(first), prior_component(second)]
+    boxes = [loose_box(s, 0.2, shape) for s in seeds]
+    refined = refiner.refine(image, boxes, seeds)
+    assert len(refined) == 2
+    for result in refined:
+        assert result.mask.shape == shape and result.mask.dtype == bool
+        assert 0.0 <= result.score <= 1.0
+    return refined
+
+
+def test_sam_refiner_loads_a_saved_checkpoint_and_prompts_every_box(tmp_path, monkeypatch):
+    from segment_anything import SamPredictor, sam_model_registry
+
+    from anatomy_models.sam_refiner import SamRefiner
+
+    monkeypatch.setitem(sam_model_registry, "vit_test", _tiny_sam)
+    checkpoint = _saved_random_sam(tmp_path, "vit_test", _tiny_sam)
+    encodings = []
+    original = SamPredictor.set_image
+    monkeypatch.setattr(SamPredictor, "set_image", lambda self, *a, **k: (encodings.append(1), original(self, *a, **k))[1])
+    refiner = SamRefiner(checkpoint=str(checkpoint), model_type="vit_test", device="cpu")
+    _refine_two_boxes(refiner)
+    assert len(encodings) == 1  # one embedding for both prompts
+    assert refiner.refine(np.zeros((64, 64), np.uint8), [], []) == []
+
+
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="full-size vit_b takes about a minute on a CPU")
+def test_sam_refiner_full_vit_b_on_gpu(tmp_path):
+    from segment_anything import sam_model_registry
+
+    from anatomy_models.sam_refiner import SamRefiner
+
+    checkpoint = _saved_random_sam(tmp_path, "vit_b", sam_model_registry["vit_b"])
+    _refine_two_boxes(SamRefiner(checkpoint=str(checkpoint), model_type="vit_b"))
+
+
+def test_missing_sam_checkpoint_names_the_file_and_the_download(tmp_path):
+    from anatomy_models.sam_refiner import SamRefiner
+    from anatomy_models.weights import MissingWeightsError
+
+    missing = tmp_path / "sam_vit_l.pth"
+    with pytest.raises(MissingWeightsError) as error:
+        SamRefiner(checkpoint=str(missing), model_type="vit_l")
+    assert str(missing) in str(error.value)
+    assert "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_l_0b3195.pth" in str(error.value)
+    with pytest.raises(MissingWeightsError, match="sam_vit_b_01ec64.pth"):
+        SamRefiner(checkpoint=None, model_type="vit_b")
+    with pytest.raises(ValueError, match="unknown SAM model_type"):
+        SamRefiner(checkpoint=str(missing), model_type="vit_xl")
