@@ -89,6 +89,7 @@ def main() -> None:
     parser.add_argument("--reports", type=Path, default=None, help="OpenI .tgz or XML folder")
     parser.add_argument("--vocabulary", default="en_cxr")
     parser.add_argument("--errors", type=int, default=0, help="print up to N false positives/negatives per label")
+    parser.add_argument("--location-errors", type=int, default=0, help="print up to N location disagreements")
     args = parser.parse_args()
 
     reports_path = args.reports or openi_tgz()
@@ -160,6 +161,7 @@ def main() -> None:
         print(f"    {kind} {report_id}: {' '.join(texts.get(report_id, '').split())[:300]}")
 
     compared = exact = overlap = same_side = missing = 0
+    location_misses = []
     for report_id, entries in mesh.items():
         for entry in entries:
             entity = LOCATED_HEADINGS.get(entry[0])
@@ -169,7 +171,10 @@ def main() -> None:
             ours = present_locations.get((report_id, entity.value))
             if not ours:
                 missing += 1
+                location_misses.append((report_id, "/".join(entry), sorted(gold_locations), []))
                 continue
+            if ours != gold_locations:
+                location_misses.append((report_id, "/".join(entry), sorted(gold_locations), sorted(ours)))
             compared += 1
             exact += ours == gold_locations
             overlap += bool(ours & gold_locations)
@@ -178,6 +183,24 @@ def main() -> None:
         print(f"\nlocation agreement (MeSH entries with locations whose type we found present with a location:"
               f" {compared}; without our location: {missing}):\n"
               f"  exact set {exact / compared:.3f}   overlapping {overlap / compared:.3f}   same sides {same_side / compared:.3f}")
+    # The same per (report, lesion type): our findings of a type are merged per report, so compare
+    # them with the union of that report's MeSH entries of the type.
+    gold_union: dict[tuple[str, str], set[str]] = defaultdict(set)
+    for report_id, entries in mesh.items():
+        for entry in entries:
+            entity = LOCATED_HEADINGS.get(entry[0])
+            if entity:
+                gold_union[(report_id, entity.value)].update(mesh_locations(entry[1:]))
+    pairs = [(key, gold) for key, gold in gold_union.items() if gold]
+    found = [(present_locations[key], gold) for key, gold in pairs if present_locations.get(key)]
+    if found:
+        print(f"  per report and type (MeSH entries of a type united: {len(pairs)}; ours located: {len(found)}):"
+              f" exact set {sum(o == g for o, g in found) / len(found):.3f}"
+              f"   overlapping {sum(bool(o & g) for o, g in found) / len(found):.3f}"
+              f"   same sides {sum(side_of(o) == side_of(g) for o, g in found) / len(found):.3f}")
+    for report_id, entry, gold_locations, ours in location_misses[: args.location_errors]:
+        print(f"    {report_id} {entry}: gold {gold_locations} ours {ours or 'none'}\n"
+              f"        {' '.join(texts.get(report_id, '').split())[:300]}")
 
 
 if __name__ == "__main__":

@@ -23,6 +23,12 @@ def _print_run(summary) -> None:
         print(f"contract check: {len(summary.problems)} problems, first: {summary.problems[0]}")
     else:
         print("contract check: passed")
+    if summary.quality is not None:
+        print(summary.quality.format_table())
+
+
+def _run_failed(summary) -> bool:
+    return bool(summary.problems) or (summary.quality is not None and not summary.quality.success)
 
 
 def cmd_synth(args) -> int:
@@ -43,7 +49,7 @@ def cmd_run(args, beam_args: list[str]) -> int:
     summary = run_pipeline(Path(args.input), Path(args.output), load_config(args.config, args.set), beam_args,
                            overwrite=args.overwrite)
     _print_run(summary)
-    return 1 if summary.problems else 0
+    return 1 if _run_failed(summary) else 0
 
 
 def cmd_demo(args, beam_args: list[str]) -> int:
@@ -63,7 +69,7 @@ def cmd_demo(args, beam_args: list[str]) -> int:
     summary = run_pipeline(corpus, run_dir, load_config("classical", args.set), beam_args, overwrite=True)
     _print_run(summary)
     print(f"demo wall time: {time.perf_counter() - started:.1f} s")
-    return 1 if summary.problems else 0
+    return 1 if _run_failed(summary) else 0
 
 
 def cmd_structure(args) -> int:
@@ -113,6 +119,30 @@ def cmd_anatomy(args) -> int:
         for name, mask in result.masks.items():
             cv2.imwrite(str(folder / f"{name}.png"), resize_mask(mask, height, width).astype("uint8") * 255)
     print(f"{len(images)} images -> {out} (backend {args.backend})")
+    return 0
+
+
+def _run_dir(path: str) -> Path:
+    run_dir = Path(path)
+    if not (run_dir / "manifest.json").is_file():
+        raise UserError(f"{run_dir} is not a run directory (no manifest.json)")
+    return run_dir
+
+
+def cmd_validate(args) -> int:
+    from pipeline.quality import validate_run
+
+    report = validate_run(_run_dir(args.run_dir))
+    print(report.format_table())
+    return 0 if report.success else 1
+
+
+def cmd_audit(args) -> int:
+    from pipeline.audit import write_audit
+
+    page = write_audit(_run_dir(args.run_dir), Path(args.corpus) if args.corpus else None,
+                       Path(args.output) if args.output else None, page_size=args.page_size)
+    print(f"audit report: {page}")
     return 0
 
 
@@ -177,6 +207,15 @@ def _parser() -> argparse.ArgumentParser:
     anatomy.add_argument("--work-size", type=int, default=512)
     anatomy.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help="backend option")
 
+    validate = sub.add_parser("validate", help="quality checks on a run (non-zero exit when one fails)")
+    validate.add_argument("run_dir")
+
+    audit = sub.add_parser("audit", help="static HTML report of discarded findings, with overlays")
+    audit.add_argument("run_dir")
+    audit.add_argument("--corpus", help="corpus root (default: the one recorded in the run's manifest)")
+    audit.add_argument("--output", help="folder for the report (default: RUN/audit)")
+    audit.add_argument("--page-size", type=int, default=50)
+
     export = sub.add_parser("export", help="training-ready exports of a run directory")
     export.add_argument("run_dir")
     export.add_argument("--format", required=True, help="mimic-ils-json or hf")
@@ -204,6 +243,10 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_structure(args)
         if args.command == "export":
             return cmd_export(args)
+        if args.command == "validate":
+            return cmd_validate(args)
+        if args.command == "audit":
+            return cmd_audit(args)
         return cmd_anatomy(args)
     except UserError as exc:
         print(f"mimic-ils {args.command}: {exc}", file=sys.stderr)

@@ -19,8 +19,9 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,7 @@ import pyarrow.parquet as pq
 from pycocotools import mask as coco_mask
 
 from pipeline.contract import check_run
+from schemas.config import QualityConfig, quality_config
 from schemas.tables import TABLES
 from schemas.vocab import (
     Certainty,
@@ -64,51 +66,6 @@ LIST_COLUMNS: tuple[tuple[str, str], ...] = (
     ("pairs", "locations"), ("pairs", "reported_locations"), ("pairs", "grounded_locations"),
     ("masks", "locations"), ("findings", "reported_locations"), ("discarded", "reported_locations"),
 )
-
-
-@dataclass(frozen=True)
-class QualitySettings:
-    """Thresholds of the quality gate.
-
-    They belong to the run config as its `quality:` section (schemas/config.py, moved there by the
-    lead); `settings_from` reads that section from a config object or from the config stored in the
-    run's manifest, and falls back to these defaults when neither has one.
-    """
-
-    # negatives per positive pair, per split (normal images add negatives without positives)
-    negative_ratio_band: tuple[float, float] = (0.5, 8.0)
-    # distribution checks apply to a split only when it holds at least this many pairs
-    min_pairs_for_distribution: int = 20
-    # a lesion type reported present and definite this many times needs at least one positive pair
-    min_findings_for_coverage: int = 5
-    # share of studies that may end with status 'error'
-    max_error_study_share: float = 0.05
-    # HDBSCAN mask-outlier flagging, per lesion type
-    outlier_min_masks: int = 10
-    outlier_min_cluster_size: int = 5
-    outlier_min_samples: int | None = None
-    outlier_score_threshold: float = 0.8
-    data_docs: bool = True
-
-
-def settings_from(config: Any = None, manifest: dict | None = None) -> QualitySettings:
-    """QualitySettings from a config's `quality` section (object or mapping), else the manifest's, else defaults."""
-    section = None
-    for source in (config, getattr(config, "config", None)):
-        if isinstance(source, QualitySettings):
-            return source
-        if source is not None:
-            section = source.get("quality") if isinstance(source, dict) else getattr(source, "quality", None)
-        if section is not None:
-            break
-    if section is None and manifest:
-        section = (manifest.get("config") or {}).get("quality")
-    if section is None:
-        return QualitySettings()
-    values = section if isinstance(section, dict) else section.model_dump()
-    known = {f.name for f in fields(QualitySettings)}
-    values = {k: tuple(v) if k == "negative_ratio_band" else v for k, v in values.items() if k in known}
-    return QualitySettings(**values)
 
 
 @dataclass
@@ -155,7 +112,7 @@ class ValidationReport:
         flagged = self.failures + self.warnings
         for outcome in flagged[:max_messages]:
             tag = "FAIL" if outcome.severity == "critical" else "WARN"
-            lines.append(f"{tag} {outcome.suite}: {outcome.message}")
+            lines.append(f"{tag} {outcome.message}")
         if len(flagged) > max_messages:
             lines.append(f"... {len(flagged) - max_messages} more in {self.results_path}")
         verdict = "PASS" if self.success else f"FAIL ({len(self.failures)} expectations failed)"
@@ -248,7 +205,7 @@ class _Suite:
         self.items.append((expectation, rule))
 
 
-def _table_suite(gxe, Column, name: str, frame: pd.DataFrame, manifest: dict | None) -> _Suite:
+def _table_suite(gxe, name: str, frame: pd.DataFrame, manifest: dict | None) -> _Suite:
     suite = _Suite(name)
     schema = TABLES[name]
     suite.add(gxe.ExpectTableColumnsToMatchOrderedList(column_list=schema.names),
@@ -276,12 +233,12 @@ def _in_set(suite: _Suite, gxe, column: str, vocabulary, vocab_name: str) -> Non
 
 
 def build_suites(gxe, Column, frames: dict[str, pd.DataFrame], manifest: dict | None,
-                 settings: QualitySettings) -> list[_Suite]:
+                 settings: QualityConfig) -> list[_Suite]:
     """Every expectation of the gate, per frame (GE modules are passed in: importing GE takes seconds)."""
     suites: dict[str, _Suite] = {}
     for name in TABLES:
         if name in frames:
-            suites[name] = _table_suite(gxe, Column, name, frames[name], manifest)
+            suites[name] = _table_suite(gxe, name, frames[name], manifest)
 
     if "studies" in suites:
         s = suites["studies"]
@@ -428,7 +385,7 @@ def _message(suite: str, rule: str, result: dict, id_column: str | None) -> str:
     details = result["result"]
     if suite == "contract":
         problems = details.get("partial_unexpected_list") or []
-        return f"{details.get('unexpected_count', len(problems))} contract problems: {_short(problems, 3)}"
+        return f"{details.get('unexpected_count', len(problems))} contract problems: {_short(problems, 8)}"
     if "unexpected_count" in details and details.get("unexpected_count"):
         values = sorted({str(v) for v in details.get("partial_unexpected_list") or []})
         ids = [next(iter(i.values())) if isinstance(i, dict) and len(i) == 1 else i.get(id_column, i)
@@ -436,6 +393,8 @@ def _message(suite: str, rule: str, result: dict, id_column: str | None) -> str:
         where = f" ({id_column} {_short(ids, 3)})" if ids and id_column else ""
         shown = f": unexpected values {_short(values)}" if values and values != ["None"] else ""
         return f"{rule} — {details['unexpected_count']} rows break it{shown}{where}"
+    if details.get("partial_missing_list"):
+        return f"{rule} — missing: {_short(details['partial_missing_list'])}"
     observed = details.get("observed_value")
     if isinstance(observed, dict) and "values" in observed:
         observed = observed["values"]
@@ -483,7 +442,7 @@ def _outlier_frame(scores: list[OutlierScore]) -> pd.DataFrame:
                          "outlier_score": np.array([s.score for s in scored], np.float64)})
 
 
-def _load_frames(run_dir: Path, settings: QualitySettings) -> tuple[dict[str, pd.DataFrame], list[str], list[OutlierScore]]:
+def _load_frames(run_dir: Path, settings: QualityConfig) -> tuple[dict[str, pd.DataFrame], list[str], list[OutlierScore]]:
     tables = {name: _read_as_written(run_dir, name) for name in TABLES}
     missing = [name for name, table in tables.items() if table is None]
     present = {name: table for name, table in tables.items() if table is not None}
@@ -495,7 +454,8 @@ def _load_frames(run_dir: Path, settings: QualitySettings) -> tuple[dict[str, pd
         rows = [r for r in masks.select(["mask_id", "target", "rle", "height", "width"]).to_pylist()
                 if r["rle"] and r["height"] and r["width"]]
         outliers = flag_mask_outliers(rows, settings.outlier_min_masks, settings.outlier_min_cluster_size,
-                                      settings.outlier_min_samples, settings.outlier_score_threshold)
+                                      settings.outlier_min_samples, settings.outlier_score_threshold,
+                                      settings.outlier_max_masks_per_type)
         frames["mask_outliers"] = _outlier_frame(outliers)
     frames["list_values"] = _list_values(present)
     frames["contract"] = pd.DataFrame({"problem": pd.Series(check_run(run_dir), dtype=object)})
@@ -505,17 +465,19 @@ def _load_frames(run_dir: Path, settings: QualitySettings) -> tuple[dict[str, pd
 def validate_run(run_dir: Path, config=None) -> ValidationReport:
     """Run every suite on a run directory; write `quality/results.json`, raw GE results and Data Docs.
 
-    `config`: a LoadedConfig / PipelineConfig / mapping with a `quality` section, or QualitySettings;
-    None reads the section from the config stored in the run's manifest (defaults when absent).
+    `config`: a PipelineConfig or its QualityConfig; None reads the section from the config stored in
+    the run's manifest (defaults when absent).
     """
     started = time.perf_counter()
     run_dir = Path(run_dir)
     manifest_path = run_dir / MANIFEST
     manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else None
-    settings = settings_from(config, manifest)
+    settings = quality_config(config, manifest)
     quality_dir = run_dir / QUALITY_DIR
     quality_dir.mkdir(parents=True, exist_ok=True)
     docs_dir = quality_dir / DATA_DOCS_DIR if settings.data_docs else None
+    if (quality_dir / DATA_DOCS_DIR).is_dir():
+        shutil.rmtree(quality_dir / DATA_DOCS_DIR)  # the folder shows the latest validation only
 
     frames, missing, outliers = _load_frames(run_dir, settings)
     outcomes = [ExpectationOutcome(name, "table_exists", f"{name} has part-*.parquet shards", False, "critical",
@@ -533,7 +495,7 @@ def validate_run(run_dir: Path, config=None) -> ValidationReport:
     source = context.data_sources.add_pandas("mimic_ils_run")
     ge_dir = quality_dir / GE_RESULTS_DIR
     ge_dir.mkdir(exist_ok=True)
-    suite_names = [name for name in missing] + (["manifest"] if manifest is None else [])
+    suite_names = list(missing) + (["manifest"] if manifest is None else [])
     for spec in build_suites(gxe, Column, frames, manifest, settings):
         suite_names.append(spec.name)
         batch = source.add_dataframe_asset(spec.name).add_batch_definition_whole_dataframe("whole run")

@@ -37,6 +37,7 @@ class RunSummary:
     seconds: float
     n_studies: int
     problems: list[str]
+    quality: object = None  # pipeline.quality.ValidationReport when the quality gate ran
 
 
 def code_version() -> str:
@@ -120,4 +121,9 @@ def run_pipeline(input_root: Path, out_dir: Path, loaded: LoadedConfig, beam_arg
         "contract_problems": problems,
     }
     (out_dir / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=False) + "\n")
-    return RunSummary(out_dir, counts, seconds, len(studies), problems)
+    quality = None
+    if config.quality.validate_after_run:
+        from pipeline.quality import validate_run  # Great Expectations takes seconds to import: only when asked
+
+        quality = validate_run(out_dir, config)
+    return RunSummary(out_dir, counts, seconds, len(studies), problems, quality)

@@ -8,7 +8,8 @@ What it writes under ROOT (DESIGN.md §4, §6):
   ground_truth/findings.parquet                 one row per (frontal image, reported fact); studies
                                                 without a frontal image have rows with a null dicom_id
   ground_truth/masks/<dicom_id>/<target>.png    0/255 true mask of each visible present lesion type
-  ground_truth/anatomy/<dicom_id>/<name>.png    0/255 lungs, heart and the 8 zones (phantom.ZONE_BOUNDARIES)
+  ground_truth/anatomy/<dicom_id>/<name>.png    0/255 lungs, 'lung', heart and the 8 zones (the project's
+                                                zone rule, anatomy_models.zones.ZONE_BOUNDS)
 
 The facts of a study are sampled first (subjects' studies in date order, so later reports can say
 "unchanged" or "has resolved"); the report is written from them and the frontal images draw the
@@ -52,7 +53,7 @@ _CORPUS, _SUBJECT, _IMAGE, _REPORT = 0, 1, 2, 3
 
 NORMAL_SHARE = 0.2
 STUDIES_PER_SUBJECT = ((1, 0.5), (2, 0.3), (3, 0.2))
-SPLIT_SHARES = ((Split.TRAIN, 0.8), (Split.VALIDATE, 0.1), (Split.TEST, 0.1))
+SPLIT_SHARES = {Split.VALIDATE: 0.1, Split.TEST: 0.1}  # of the subjects (at least one each); the rest train
 
 # Study kinds: the views acquired, with their share of studies.
 STUDY_KINDS = {
@@ -334,6 +335,12 @@ def plan_corpus(n_studies: int, seed: int = 0) -> list[SynthStudy]:
         sizes.append(min(int(_weighted(rng, STUDIES_PER_SUBJECT)), n_studies - sum(sizes)))
     subject_ids = _unique_ids(rng, len(sizes), 10_000_000, 20_000_000)
     study_ids = _unique_ids(rng, n_studies, 50_000_000, 60_000_000)
+    splits = [str(Split.TRAIN)] * len(sizes)
+    if len(sizes) >= 3:  # the split is by subject, and a small corpus still has all three
+        chosen = iter(rng.permutation(len(sizes)))
+        for split, share in SPLIT_SHARES.items():
+            for _ in range(max(1, round(share * len(sizes)))):
+                splits[int(next(chosen))] = str(split)
     # each lesion type leads about as many abnormal studies as the others, so a small corpus has all
     n_normal = round(NORMAL_SHARE * n_studies)
     order = [LesionType(t) for t in rng.permutation([str(t) for t in LesionType])]
@@ -345,7 +352,7 @@ def plan_corpus(n_studies: int, seed: int = 0) -> list[SynthStudy]:
     index = 0
     for subject_index, (subject_id, count) in enumerate(zip(subject_ids, sizes)):
         srng = _generator(seed, _SUBJECT, subject_index)
-        split = str(_weighted(srng, SPLIT_SHARES))
+        split = splits[subject_index]
         sex = "woman" if srng.random() < 0.5 else "man"
         day = dt.date(int(srng.integers(2110, 2196)), 1, 1) + dt.timedelta(days=int(srng.integers(0, 365)))
         prior: tuple[Mention, ...] = ()

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from schemas.vocab import FRONTAL_VIEWS, InstructionType, LesionType, Location, NegativeKind
 
@@ -89,6 +89,33 @@ class OutputConfig(_Section):
     check_contract: bool = True  # check the written run against DESIGN.md §3 at the end
 
 
+class QualityConfig(_Section):
+    """Thresholds of the quality gate (`mimic-ils validate`, and the pipeline's last stage)."""
+
+    validate_after_run: bool = True
+    # negatives per positive pair, per split (normal images add negatives without positives)
+    negative_ratio_band: tuple[float, float] = (0.5, 8.0)
+    # distribution checks apply to a split only when it holds at least this many pairs
+    min_pairs_for_distribution: int = Field(20, ge=1)
+    # a lesion type reported present and definite this many times needs at least one positive pair
+    min_findings_for_coverage: int = Field(20, ge=1)
+    max_error_study_share: float = Field(0.05, ge=0, le=1)
+    # HDBSCAN mask-outlier flagging, per lesion type
+    outlier_min_masks: int = Field(10, ge=2)
+    outlier_min_cluster_size: int = Field(5, ge=2)
+    outlier_min_samples: int | None = Field(None, ge=1)
+    outlier_score_threshold: float = Field(0.8, ge=0, le=1)
+    outlier_max_masks_per_type: int = Field(2000, ge=1)  # a uniform sample beyond this (decoding is the cost)
+    data_docs: bool = True
+
+    @model_validator(mode="after")
+    def _band_ordered(self):
+        low, high = self.negative_ratio_band
+        if low > high:
+            raise ValueError(f"negative_ratio_band {self.negative_ratio_band} must be (low, high)")
+        return self
+
+
 class PipelineConfig(_Section):
     name: str
     corpus: CorpusConfig = Field(default_factory=CorpusConfig)
@@ -100,3 +127,16 @@ class PipelineConfig(_Section):
     grounding: GroundingConfig
     pairs: PairsConfig
     output: OutputConfig = Field(default_factory=OutputConfig)
+    quality: QualityConfig = Field(default_factory=QualityConfig)
+
+
+def quality_config(config: PipelineConfig | QualityConfig | None = None, manifest: dict | None = None) -> QualityConfig:
+    """The quality section of a config, else of the config recorded in a run's manifest, else the defaults."""
+    if isinstance(config, QualityConfig):
+        return config
+    if isinstance(config, PipelineConfig):
+        return config.quality
+    try:
+        return QualityConfig.model_validate((manifest or {}).get("config", {}).get("quality", {}))
+    except ValidationError:
+        return QualityConfig()

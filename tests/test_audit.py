@@ -42,7 +42,7 @@ def test_page_counts_every_discarded_finding_and_samples_per_reason(run_dir, aud
     discarded = read_table(str(run_dir), "discarded").to_pylist()
     page = audit_page.read_text()
     assert audit_page == run_dir / "audit" / "index.html"
-    assert f"<tr class='total'><th>total</th>" in page and f"<td>{len(discarded)}</td></tr></table>" in page
+    assert "<tr class='total'><th>total</th>" in page and f"<td>{len(discarded)}</td></tr></table>" in page
     tags = articles(page)
     by_reason = Counter(re.search(r"data-reason='([^']+)'", t).group(1) for t in tags)
     for reason, n in Counter(r["reason"] for r in discarded).items():

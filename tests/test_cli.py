@@ -1,5 +1,4 @@
 """The installed console script, run as a user would, from another directory."""
-import shutil
 import subprocess
 import sys
 from pathlib import Path

@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 import shutil
 
-import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
@@ -18,6 +17,7 @@ from schemas.tables import TABLES
 from transforms.masks import decode_rle
 
 N_STUDIES = 14
+NO_GATE = ["quality.validate_after_run=false"]  # the quality gate runs once, on the main run
 
 
 @pytest.fixture(scope="module")
@@ -49,6 +49,9 @@ def test_tables_honour_the_contract(run_dir, corpus):
     manifest = json.loads((run_dir / "manifest.json").read_text())
     assert manifest["counts"]["studies"] == N_STUDIES == len({r["study_id"] for r in t["studies"]})
     assert manifest["contract_problems"] == [] and manifest["config_name"] == "classical"
+    quality = json.loads((run_dir / "quality" / "results.json").read_text())
+    assert quality["success"], quality
+    assert (run_dir / "statistics.png").is_file() and manifest["statistics"]["n_pairs"] == len(t["pairs"])
 
 
 def test_positive_masks_overlap_the_ground_truth(run_dir, corpus):
@@ -85,7 +88,7 @@ def test_reported_but_invisible_findings_are_mostly_discarded(run_dir, corpus):
 
 def test_same_input_gives_byte_identical_tables_with_two_worker_processes(run_dir, corpus, tmp_path):
     out = tmp_path / "again"
-    run_pipeline(corpus, out, load_config("classical"),
+    run_pipeline(corpus, out, load_config("classical", NO_GATE),
                  ["--direct_num_workers", "2", "--direct_running_mode", "multi_processing"], overwrite=True)
     for name in ("pairs", "masks", "findings", "studies", "discarded"):
         first = sorted((run_dir / name).glob("part-*.parquet"))
@@ -108,7 +111,7 @@ def test_damaged_inputs_are_accounted_not_lost(corpus, tmp_path):
     frontal[1].unlink()
     lateral.unlink()
     out = tmp_path / "run"
-    summary = run_pipeline(damaged, out, load_config("classical"), overwrite=True)
+    summary = run_pipeline(damaged, out, load_config("classical", NO_GATE), overwrite=True)
     assert summary.problems == []
     t = tables(out)
     assert len(t["studies"]) == N_STUDIES
@@ -122,4 +125,4 @@ def test_existing_output_is_refused_without_overwrite(run_dir, corpus):
     from pipeline.errors import UserError
 
     with pytest.raises(UserError, match="--overwrite"):
-        run_pipeline(corpus, run_dir, load_config("classical"))
+        run_pipeline(corpus, run_dir, load_config("classical", NO_GATE))

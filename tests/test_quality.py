@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from pipeline.config import load_config
-from pipeline.quality import QualitySettings, settings_from, validate_run
+from pipeline.quality import validate_run
+from schemas.config import QualityConfig, quality_config
 from pipeline.run import run_pipeline
 from pipeline.synth import synthesize_corpus
 from pipeline.writers import read_table, table_to_bytes
@@ -16,7 +17,7 @@ from transforms.mask_outliers import DESCRIPTOR_NAMES, flag_mask_outliers, mask_
 from transforms.masks import encode_rle
 
 N_STUDIES = 8
-FAST = QualitySettings(data_docs=False)
+FAST = QualityConfig(data_docs=False)
 
 
 @pytest.fixture(scope="module")
@@ -107,11 +108,10 @@ def test_a_broken_copy_fails_with_a_message_naming_each_problem(broken_report, p
 
 
 def test_settings_come_from_a_quality_section_or_default():
-    assert settings_from(None) == QualitySettings()
+    assert quality_config(None) == QualityConfig()
     section = {"quality": {"negative_ratio_band": [1, 2], "outlier_score_threshold": 0.5}}
-    settings = settings_from(section)
+    settings = quality_config(None, {"config": section})
     assert settings.negative_ratio_band == (1, 2) and settings.outlier_score_threshold == 0.5
-    assert settings_from(None, {"config": section}) == settings
 
 
 def _disc(height, width, cy, cx, radius):

@@ -232,3 +232,68 @@ def test_batches_keep_report_order(structurer):
     results = structurer.structure(reports)
     assert [[f.entity for f in r] for r in results] == [["cardiomegaly"], [], ["effusion"], ["pneumonia"]]
     assert all(f.report_id == r.report_id for r, fs in zip(reports, results) for f in fs)
+
+
+RIGHT_LUNG, LEFT_LUNG = Location.RIGHT_LUNG.value, Location.LEFT_LUNG.value
+LEFT_MID, RIGHT_MID, RIGHT_UPPER = Location.LEFT_MID.value, Location.RIGHT_MID.value, Location.RIGHT_UPPER.value
+BASES = (LEFT_BASE, RIGHT_BASE)
+
+
+@pytest.mark.parametrize(
+    "sentence, expected",
+    [
+        ("Consolidation in the left lower lobe likely reflects pneumonia.",
+         {"consolidation": ("present", "definite", (LEFT_BASE,)), "pneumonia": ("present", "definite", (LEFT_BASE,))}),
+        ("Ill-defined left mid lung opacities likely reflect atelectasis.",
+         {"opacity": ("present", "definite", (LEFT_MID,)), "atelectasis": ("present", "definite", (LEFT_MID,))}),
+        ("Retrocardiac opacity may represent atelectasis or pneumonia.",
+         {"opacity": ("present", "definite", (LEFT_BASE,)), "atelectasis": ("present", "uncertain", (LEFT_BASE,)),
+          "pneumonia": ("present", "uncertain", (LEFT_BASE,))}),
+        ("There is left basilar opacity, likely atelectasis.",
+         {"opacity": ("present", "definite", (LEFT_BASE,)), "atelectasis": ("present", "definite", (LEFT_BASE,))}),
+        ("Right lower lobe opacity which may represent pneumonia.",
+         {"opacity": ("present", "definite", (RIGHT_BASE,)), "pneumonia": ("present", "uncertain", (RIGHT_BASE,))}),
+        ("Mild streaky opacities in the left base, atelectasis versus infiltrate.",
+         {"atelectasis": ("present", "uncertain", (LEFT_BASE,))}),
+        ("Bibasilar opacities, left greater than right, likely atelectasis.",
+         {"opacity": ("present", "definite", BASES), "atelectasis": ("present", "definite", BASES)}),
+        ("No focal consolidation to suggest pneumonia.",
+         {"consolidation": ("absent", "definite", ()), "pneumonia": ("absent", "uncertain", ())}),
+    ],
+)
+def test_interpreted_lesion_takes_the_opacity_locations(structurer, sentence, expected):
+    found = facts(structurer, sentence)
+    assert {k: found[k] for k in expected} == expected
+
+
+@pytest.mark.parametrize(
+    "sentence, entity, locations",
+    [
+        ("Patchy opacities at both lung bases.", "opacity", BASES),
+        ("Opacities are present in both lung bases.", "opacity", BASES),
+        ("Patchy opacities in the right upper and middle lobes.", "opacity", (RIGHT_MID, RIGHT_UPPER)),
+        ("Right middle and lower lobe patchy opacities.", "opacity", (RIGHT_BASE, RIGHT_MID)),
+        ("Patchy opacity at the left base.", "opacity", (LEFT_BASE,)),
+        ("There are bilateral effusions, right greater than left.", "effusion", (LEFT_LUNG, RIGHT_LUNG)),
+        ("Small bilateral pleural effusions with adjacent atelectasis.", "atelectasis", BASES),
+        ("Right pleural effusion with adjacent atelectasis.", "atelectasis", (RIGHT_BASE,)),
+        ("Minimal basilar atelectasis on the left.", "atelectasis", (LEFT_BASE,)),
+        ("Left retrocardiac airspace disease.", "opacity", (LEFT_BASE,)),
+        ("Right and left lower lobe opacities.", "opacity", BASES),
+        ("Left lung base atelectasis/airspace disease.", "opacity", (LEFT_BASE,)),
+        ("Persistent bibasilar atelectatic opacities.", "opacity", BASES),
+    ],
+)
+def test_locations_after_before_and_shared(structurer, sentence, entity, locations):
+    assert facts(structurer, sentence)[entity][2] == locations
+
+
+def test_a_lesion_with_its_own_location_keeps_it(structurer):
+    found = facts(structurer, "Right basilar opacity may represent pneumonia; left upper lobe atelectasis.")
+    assert found["pneumonia"][2] == (RIGHT_BASE,)
+    assert found["atelectasis"][2] == (Location.LEFT_UPPER.value,)
+
+
+def test_sentences_without_trigger_words_are_not_tokenized(structurer):
+    assert not structurer.triggers("Osseous structures are intact.")
+    assert structurer.triggers("Heart size is normal.") and structurer.triggers("No acute process.")

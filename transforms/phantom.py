@@ -19,16 +19,13 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from anatomy_models.zones import ZONE_BOUNDS
 from schemas.vocab import LUNG_BY_SIDE, ZONES_BY_SIDE, LesionType, Location
 
 # Long side, in pixels, of the canvas the attenuation map is composed on before enlarging (the
 # lateral, which no mask is taken from, is composed smaller).
 WORK_LONG_SIDE = 768
 LATERAL_WORK_LONG_SIDE = 512
-
-# Zone rule: each lung's vertical extent (its top to its bottom row in the image) is cut at these
-# fractions into apical / upper / mid zone / base, from top to bottom (ZONES_BY_SIDE order).
-ZONE_BOUNDARIES = (1 / 6, 2 / 5, 2 / 3)
 
 # Cardiothoracic ratios (heart width / widest inner thoracic width). An AP projection magnifies
 # the heart, so its normal range is higher; an enlarged heart is drawn above both normal ranges.
@@ -243,7 +240,12 @@ def _add_blob(field: np.ndarray, row: float, col: float, sigma_r: float, sigma_c
 
 
 def zone_masks(lung_masks: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """The 8 CXAS lung zones from the two lung masks ({'right': m, 'left': m}) by ZONE_BOUNDARIES."""
+    """The 8 CXAS lung zones from the two lung masks ({'right': m, 'left': m}).
+
+    The project's zone rule (anatomy_models.zones): each lung's own vertical extent, top row to
+    bottom row, cut at the fractions ZONE_BOUNDS into apical / upper / mid zone / base. Same result
+    as anatomy_models.zones.lung_zones, computed without scanning the full mask.
+    """
     zones: dict[str, np.ndarray] = {}
     for side, lung in lung_masks.items():
         _, top, _, extent = cv2.boundingRect(lung.view(np.uint8))  # rows of the lung: top, top + extent
@@ -251,7 +253,7 @@ def zone_masks(lung_masks: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         if extent == 0:
             zones.update({str(name): np.zeros(lung.shape, bool) for name in names})
             continue
-        cuts = [top] + [top + int(round(f * extent)) for f in ZONE_BOUNDARIES] + [top + extent]
+        cuts = [top] + [top + int(round(f * extent)) for f in ZONE_BOUNDS] + [top + extent]
         for name, a, b in zip(names, cuts[:-1], cuts[1:]):
             zone = np.zeros(lung.shape, bool)  # calloc'd: only the copied band is touched
             zone[a:b] = lung[a:b]
@@ -531,7 +533,7 @@ def _lesion_coverage(rng: np.random.Generator, spec: LesionSpec, regions: dict[s
         if not sides:
             sides = {"right", "left"} if rng.random() < 0.4 else {str(rng.choice(["right", "left"]))}
         cov = np.zeros(shape, np.float32)
-        for side in sides:
+        for side in sorted(sides):  # a fixed order keeps the random draws (and the output) reproducible
             sign = -1.0 if side == "right" else 1.0
             level = 1.0 - (0.12 + 0.5 * s) + rng.normal(0.0, 0.02)
             u = np.clip(sign * big_x / g.lung_width[side], 0.0, 1.0)
@@ -561,7 +563,8 @@ def _lesion_coverage(rng: np.random.Generator, spec: LesionSpec, regions: dict[s
     else:
         region = regions[str(rng.choice([Location.RIGHT_BASE, Location.LEFT_BASE]))]
     lung_of_region = np.logical_or.reduce([regions[str(LUNG_BY_SIDE[side])] for side in (sides or {"right", "left"})])
-    region_soft = _soft(region, 0.05 * unit)
+    # the zone fades out over a ragged edge, so a lesion filling its zone has no ruler-straight border
+    region_soft = np.clip(_soft(region, 0.05 * unit) + 0.4 * (_smooth_noise(rng, shape, 16) - 0.5), 0.0, 1.0)
     # lesions sit well inside their zone and mostly off the heart, where they would barely show
     centre_weight = region_soft**2 * (1.0 - 0.8 * _soft(regions[str(Location.HEART)], 0.02 * unit)) + 1e-6
     # a bilateral finding is drawn on each side it names
@@ -599,9 +602,7 @@ def _lesion_coverage(rng: np.random.Generator, spec: LesionSpec, regions: dict[s
         cov = _smoothstep((cov - 0.2) / 0.6)
     else:
         # clusters of small overlapping puffs: confluent in the middle, ragged at the edges
-        radius = unit * {LesionType.OPACITY: 0.08 + 0.08 * s, LesionType.PNEUMONIA: 0.06 + 0.07 * s}.get(
-            style, 0.05 + 0.07 * s
-        )
+        radius = unit * (0.08 + 0.08 * s if style == LesionType.OPACITY else 0.06 + 0.08 * s)
         for part in parts:
             for _ in range(1 + int(style != LesionType.CONSOLIDATION and rng.random() < 0.35)):
                 row, col = _random_point(rng, part, centre_weight)
@@ -612,7 +613,7 @@ def _lesion_coverage(rng: np.random.Generator, spec: LesionSpec, regions: dict[s
         field /= max(float(field.max()), 1e-6)
         ragged = {LesionType.OPACITY: 0.3, LesionType.PNEUMONIA: 0.5}.get(style, 0.35)
         field *= (1.0 - ragged) + ragged * _smooth_noise(rng, shape, 45)
-        lo, width = {LesionType.OPACITY: (0.15, 0.5), LesionType.PNEUMONIA: (0.22, 0.4)}.get(style, (0.25, 0.3))
+        lo, width = {LesionType.OPACITY: (0.08, 0.45), LesionType.PNEUMONIA: (0.1, 0.35)}.get(style, (0.12, 0.3))
         cov = _smoothstep((field - lo) / width)
     return cov * region_soft * _soft(lung_of_region, 0.004 * unit)
 
@@ -789,17 +790,25 @@ def draw_frontal(
     lungs_full = {side: _fill([o], full, frame, 1.0) for side, o in g.lungs.items()}
     heart_full = _fill([g.heart], full, frame, 1.0)
     anatomy = _region_masks(lungs_full, heart_full)
+
+    def full_mask(cov: np.ndarray) -> np.ndarray:
+        big = cv2.resize(np.round(cov * 255.0).astype(np.uint8), (width, height), interpolation=cv2.INTER_LINEAR)
+        return cv2.threshold(big, round(MASK_LEVEL * 255) - 1, 1, cv2.THRESH_BINARY)[1]
+
+    # pleural fluid hides what lies in the lung behind it: those parts of other lesions are not shown
+    fluid = [full_mask(cov) for spec, cov in coverage if spec.style == LesionType.EFFUSION]
+    hidden = np.logical_or.reduce(fluid).view(np.uint8) if fluid else None
     lesion_masks: dict[str, np.ndarray] = {}
     for spec in lesions:
         if spec.style == LesionType.CARDIOMEGALY:
             mask = heart_full.view(np.uint8)
         else:
-            cov = next(c for s, c in coverage if s is spec)
-            big = cv2.resize(np.round(cov * 255.0).astype(np.uint8), (width, height), interpolation=cv2.INTER_LINEAR)
-            _, mask = cv2.threshold(big, round(MASK_LEVEL * 255) - 1, 1, cv2.THRESH_BINARY)
+            mask = full_mask(next(c for s, c in coverage if s is spec))
             sides = _sides_of(spec.locations) or {"right", "left"}
             home = anatomy[str(Location.LUNG)] if len(sides) == 2 else lungs_full[sides.pop()]
             mask = cv2.bitwise_and(mask, home.view(np.uint8))  # clipped to the lung(s) it lives in
+            if hidden is not None and spec.style != LesionType.EFFUSION:
+                mask = cv2.bitwise_and(mask, 1 - hidden)
         for target in spec.targets:
             old = lesion_masks.get(target)
             lesion_masks[target] = mask.copy() if old is None else cv2.bitwise_or(old, mask)

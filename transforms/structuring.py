@@ -71,6 +71,19 @@ class ReportLevelFact:
 
 
 @dataclass(frozen=True)
+class Interpretation:
+    """A lesion read into another finding takes that finding's place (see the YAML's `interpretation`)."""
+
+    sources: frozenset[str]  # LesionType values whose locations are handed on
+    targets: frozenset[str]  # LesionType values that receive them
+    links: tuple[str, ...]  # "likely reflects", "may represent", "compatible with", ...
+    appositions: tuple[str, ...]  # ","; the target must follow at once
+    reach: int  # tokens from the source to the link and from the link to a target
+    adjacency: tuple[str, ...]  # "adjacent", "associated": the lesion after one borders the one before
+    zone_by_source: dict[str, str]  # a bordering lesion's zone when the source names only sides
+
+
+@dataclass(frozen=True)
 class Vocabulary:
     """A validated structuring vocabulary (see configs/vocabularies/en_cxr.yaml for the meaning)."""
 
@@ -88,7 +101,12 @@ class Vocabulary:
     prepositions: frozenset[str]
     determiners: frozenset[str]
     not_locations: tuple[str, ...]
+    sides_after: frozenset[str]
+    shared_across: frozenset[str]
+    verb_gap: int
+    comparatives: frozenset[str]
     fixed_locations: dict[str, tuple[str, ...]]
+    interpretation: Interpretation
     source: dict = field(repr=False, compare=False, hash=False, default_factory=dict)
 
     @classmethod
@@ -119,6 +137,7 @@ class Vocabulary:
         if unknown_cues:
             raise ValueError(f"vocabulary: unknown cue kind(s) {sorted(unknown_cues)}")
         loc = data.get("locations", {})
+        interp = data.get("interpretation", {})
         unknown_sides = set(loc.get("sides", {})) - {"right", "left", "both"}
         unknown_zones = set(loc.get("zones", {})) - {*ZONE_INDEX, "lung"}
         if unknown_sides or unknown_zones:
@@ -159,12 +178,34 @@ class Vocabulary:
             prepositions=frozenset(phrases(loc.get("prepositions", []), "locations.prepositions")),
             determiners=frozenset(phrases(loc.get("determiners", []), "locations.determiners")),
             not_locations=phrases(loc.get("not_locations", []), "locations.not_locations"),
+            sides_after=frozenset(phrases(loc.get("sides_after", []), "locations.sides_after")),
+            shared_across=frozenset(p.lower() for p in phrases(loc.get("shared_across", []), "locations.shared_across")),
+            verb_gap=int(loc.get("verb_gap", 3)),
+            comparatives=frozenset(p.lower() for p in phrases(loc.get("comparatives", []), "locations.comparatives")),
             fixed_locations={
                 types([k], "locations.fixed")[0]: locations(v, f"locations.fixed.{k}")
                 for k, v in loc.get("fixed", {}).items()
             },
+            interpretation=Interpretation(
+                sources=frozenset(types(interp.get("sources", []), "interpretation.sources")),
+                targets=frozenset(types(interp.get("targets", []), "interpretation.targets")),
+                links=phrases(interp.get("links", []), "interpretation.links"),
+                appositions=phrases(interp.get("appositions", []), "interpretation.appositions"),
+                reach=int(interp.get("reach", 8)),
+                adjacency=phrases(interp.get("adjacency", []), "interpretation.adjacency"),
+                zone_by_source={
+                    types([k], "interpretation.zone_by_source")[0]: _zone(v, "interpretation.zone_by_source")
+                    for k, v in interp.get("zone_by_source", {}).items()
+                },
+            ),
             source=data,
         )
+
+
+def _zone(value, where: str) -> str:
+    if value not in (*ZONE_INDEX, "lung"):
+        raise ValueError(f"vocabulary: {where}: unknown zone {value!r}")
+    return value
 
 
 class _VocabularyLoader(yaml.SafeLoader):
@@ -192,7 +233,7 @@ def load_vocabulary(name_or_path: str) -> Vocabulary:
 # ---------------------------------------------------------------- matching (component `cxr_terms`)
 
 # Layers of matches; within a layer the longest of overlapping matches wins.
-LESION, SUBJECT, PREDICATE, CUE, LOCATION, REPORT = range(6)
+LESION, SUBJECT, PREDICATE, CUE, LOCATION, REPORT, LINK = range(7)
 
 
 @dataclass(frozen=True)
@@ -246,6 +287,11 @@ def _term_table(vocabulary: Vocabulary) -> dict[str, list[tuple[int, object]]]:
         add(phrase, LOCATION, LocationTerm(None, None, names))
     for phrase in vocabulary.not_locations:
         add(phrase, LOCATION, None)
+    interpretation = vocabulary.interpretation
+    for kind, phrases in (("link", interpretation.links), ("apposition", interpretation.appositions),
+                          ("adjacency", interpretation.adjacency)):
+        for phrase in phrases:
+            add(phrase, LINK, kind)
     return table
 
 
@@ -278,7 +324,7 @@ class TermMatcher:
             self.payloads[nlp.vocab.strings[label]] = table[phrase]
 
     def __call__(self, doc):
-        layers: list[list[tuple[int, int, object]]] = [[] for _ in range(6)]
+        layers: list[list[tuple[int, int, object]]] = [[] for _ in range(7)]
         for key, start, end in self.matcher(doc):
             for layer, payload in self.payloads[key]:
                 layers[layer].append((start, end, payload))
@@ -306,6 +352,7 @@ class Mention:
     certainty: str = Certainty.DEFINITE.value
     negated: bool = False
     locations: list | None = None  # LocationTerm in token order
+    leading: list | None = None  # those of `locations` written before the mention ("left basilar ...")
     report_fact: tuple[int, str] | None = None  # (fact index, 'negated' | 'stated')
     char_start: int = 0  # in the doc
     char_end: int = 0
@@ -328,15 +375,18 @@ class AssertionAnnotator:
         self.scope = vocabulary.scope_tokens
 
     def __call__(self, doc):
-        lesions, subjects, predicates, cues, locations, reports = doc.user_data["cxr_terms"]
+        lesions, subjects, predicates, cues, locations, reports, links = doc.user_data["cxr_terms"]
         if not (lesions or subjects or reports):
             doc.user_data["cxr_mentions"] = []
             return doc
-        sentence_spans = doc.user_data.get("cxr_sentences") or [(0, len(doc.text))]
+        text = doc.user_data.get("cxr_text")
+        if text is None:
+            text = doc.user_data["cxr_text"] = doc.text
+        sentence_spans = doc.user_data.get("cxr_sentences") or [(0, len(text))]
         sentence_starts = [start for start, _ in sentence_spans]
         # Token offsets in one C call: Token objects are the cost on this path.
         token_chars = doc.to_array(IDX).tolist()
-        token_chars.append(len(doc.text))
+        token_chars.append(len(text))
 
         def sentence_of(token: int) -> int:
             char = token_chars[token]
@@ -379,8 +429,10 @@ class AssertionAnnotator:
             if governed:
                 self._apply_cue(start, end, kind, governed)
         if locations:
-            self._attach_locations(doc, clauses, locations, sentence_of, clause_of)
-        text = doc.text
+            self._attach_locations(doc, clauses, mentions, locations, sentence_of, clause_of)
+            self._share_leading_locations(doc, mentions)
+            if links:
+                self._hand_on_locations(mentions, links, sentence_of)
         for mention in mentions:
             mention.char_start = token_chars[mention.start]
             end = token_chars[mention.end]
@@ -448,14 +500,31 @@ class AssertionAnnotator:
             else:
                 mention.certainty = _UNCERTAIN
 
-    def _attach_locations(self, doc, clauses, locations, sentence_of, clause_of) -> None:
+    def _attach_locations(self, doc, clauses, mentions, locations, sentence_of, clause_of) -> None:
+        last_end, last_mention = -1, None
         for start, end, term in locations:
             if term is None:
                 continue
             sent = sentence_of(start)
             if sent < 0:
                 continue
+            if (last_mention is not None and term.zone is None and term.fixed is None and start > last_end
+                    and last_mention.sentence == sent
+                    and doc[last_end:start].text.lower() in self.vocabulary.comparatives):
+                # "left greater than right": the second side goes where the first went.
+                self._attach(last_mention, term, leading=last_mention.start >= end)
+                last_end = end
+                continue
             same = [m for m in clauses.get((sent, clause_of(sent, start)), ()) if m.entity is not None]
+            if not same or same[0].start >= end:
+                # "Opacities are present in both lung bases": a location after a preposition reaches
+                # back over a short verb ("is seen", "are noted") that ends the lesion's clause.
+                earlier = [m for m in mentions if m.sentence == sent and m.entity is not None and m.end <= start]
+                preposition = self._preposition_before(doc, start, earlier[-1].end) if earlier else -1
+                if preposition >= 0 and preposition - earlier[-1].end <= self.vocabulary.verb_gap:
+                    self._attach(earlier[-1], term, leading=False)
+                    last_end, last_mention = end, earlier[-1]
+                    continue
             if not same:
                 continue
             chosen = None
@@ -469,28 +538,98 @@ class AssertionAnnotator:
                 elif following is None and mention.start >= end:
                     following = mention
             if chosen is None:
-                if previous is not None and self._after_preposition(doc, start, previous.end):
+                if previous is not None and (
+                    self._preposition_before(doc, start, previous.end) >= 0
+                    or term.zone is None and term.fixed is None and previous.end < start
+                    and doc[start - 1].lower_ in self.vocabulary.sides_after
+                ):
                     chosen = previous
                 elif following is not None and following.start - end <= self.scope:
                     chosen = following
                 else:
                     chosen = previous
             if chosen is not None:
-                if chosen.locations is None:
-                    chosen.locations = []
-                chosen.locations.append(term)
+                self._attach(chosen, term, leading=chosen.start >= end)
+                last_end, last_mention = end, chosen
 
-    def _after_preposition(self, doc, start: int, floor: int) -> bool:
+    @staticmethod
+    def _attach(mention: Mention, term: LocationTerm, leading: bool) -> None:
+        if mention.locations is None:
+            mention.locations = []
+        mention.locations.append(term)
+        if leading:
+            if mention.leading is None:
+                mention.leading = []
+            mention.leading.append(term)
+
+    def _share_leading_locations(self, doc, mentions: list[Mention]) -> None:
+        """Locations written before coordinated lesions reach all of them ("left lung base
+        atelectasis/airspace disease", "bibasilar atelectatic opacities", "right basilar atelectasis
+        or pneumonia") when the later ones name none of their own."""
+        connectors = self.vocabulary.shared_across
+        lesions = [m for m in mentions if m.entity is not None]
+        for first, second in zip(lesions, lesions[1:]):
+            if first.leading is None or second.locations is not None or first.sentence != second.sentence:
+                continue
+            between = doc[first.end : second.start].text.lower() if second.start > first.end else ""
+            if second.start >= first.end and (not between or between in connectors):
+                second.locations = list(first.leading)
+                second.leading = list(first.leading)
+
+    def _hand_on_locations(self, mentions: list[Mention], links, sentence_of) -> None:
+        """Locations across interpretation links ("retrocardiac opacity may represent atelectasis or
+        pneumonia", "left basilar opacity, likely atelectasis") and adjacency ("bilateral effusions
+        with adjacent atelectasis"): a target lesion without a location phrase of its own takes the
+        locations of the finding it is read into or borders. Works across clause terminators
+        ("opacity which may represent pneumonia"), within one sentence."""
+        interpretation = self.vocabulary.interpretation
+        reach = interpretation.reach
+        lesions = [m for m in mentions if m.entity is not None]  # other findings too: they end chains
+        for start, end, kind in links:
+            sent = sentence_of(start)
+            before = [m for m in lesions if m.sentence == sent and m.end <= start and m.entity]
+            after = [m for m in lesions if m.sentence == sent and m.start >= end]
+            if not before or not after:
+                continue
+            if kind == "adjacency":
+                target = after[0]
+                if target.start - end > 2 or target.locations is not None:
+                    continue
+                source = next((m for m in reversed(before) if m.locations), None)
+                if source is not None:
+                    zone = interpretation.zone_by_source.get(source.entity)
+                    target.locations = [
+                        LocationTerm(t.sides, zone, None) if zone and t.fixed is None and t.zone in (None, "lung")
+                        and t.sides else t
+                        for t in source.locations
+                    ]
+                continue
+            source = before[-1]
+            if source.entity not in interpretation.sources or not source.locations or start - source.end > reach:
+                continue
+            targets_reach = 2 if kind == "apposition" else reach
+            for target in after:
+                if target.start - end > targets_reach or target.entity in interpretation.sources and target is not after[0]:
+                    break
+                if target.entity in interpretation.targets and target.locations is None:
+                    target.locations = list(source.locations)
+                if kind == "apposition":
+                    targets_reach = reach
+
+    def _preposition_before(self, doc, start: int, floor: int) -> int:
+        """Token index of the preposition (skipping determiners) right before `start`, else -1."""
         vocabulary = self.vocabulary
         token = start - 1
         while token >= floor and doc[token].lower_ in vocabulary.determiners:
             token -= 1
         if token < floor:
-            return False
+            return -1
         word = doc[token].lower_
-        return word in vocabulary.prepositions or (
-            token - 1 >= floor and f"{doc[token - 1].lower_} {word}" in vocabulary.prepositions
-        )
+        if word in vocabulary.prepositions:
+            return token
+        if token - 1 >= floor and f"{doc[token - 1].lower_} {word}" in vocabulary.prepositions:
+            return token - 1
+        return -1
 
 
 @Language.factory("cxr_assertions", default_config={"vocabulary": {}})
@@ -501,21 +640,26 @@ def make_assertion_annotator(nlp: Language, name: str, vocabulary: dict) -> Asse
 def resolve_locations(terms: list[LocationTerm]) -> tuple[str, ...]:
     """CXAS locations of one mention's location phrases, in text order, sides and zones distributed."""
     result: set[str] = set()
+    placed = any(t.fixed or t.zone not in (None, "lung") for t in terms)
     for i, term in enumerate(terms):
         if term.fixed:
             result.update(term.fixed)
             continue
         sides, zone = term.sides, term.zone
+        if zone is None:
+            # "right and left lower lobes", "left greater than right basilar": the zone that follows.
+            zoned = [t.zone for t in terms[i + 1 :] if t.zone]
+            if not zoned and placed:
+                # "basilar atelectasis on the left", "left retrocardiac opacity": the side word
+                # only says which side the zone or place is on.
+                continue
+            zone = zoned[0] if zoned else "lung"
         if sides is None:
             sided = [t.sides for t in terms[:i][::-1] + terms[i + 1 :] if t.sides]
             if not sided and zone == "lung":
                 result.add(Location.LUNG.value)
                 continue
             sides = sided[0] if sided else SIDES
-        if zone is None:
-            # "right and left lower lobes", "left greater than right basilar": the zone that follows.
-            zoned = [t.zone for t in terms[i + 1 :] if t.zone]
-            zone = zoned[0] if zoned else "lung"
         for side in sides:
             if zone == "lung":
                 result.add(LUNG_BY_SIDE[side].value)
@@ -529,6 +673,7 @@ def resolve_locations(terms: list[LocationTerm]) -> tuple[str, ...]:
 
 _LOOSE_SPACE = re.compile(r"[^\S ]|  ")
 _WORD_RUN = re.compile(r"\S+")
+_ALPHA_WORD = re.compile(r"[a-z]+")
 
 
 def _to_text(char: int, doc_starts: list[int], text_starts: list[int]) -> int:
@@ -553,6 +698,20 @@ def build_pipeline(vocabulary: Vocabulary) -> Language:
     return nlp
 
 
+def _trigger_words(nlp: Language, vocabulary: Vocabulary) -> tuple[frozenset[str], tuple[str, ...]]:
+    """First tokens (lower case) of every phrase that can start a finding: lesions, compound
+    subjects and report-level phrases. A sentence with none of them yields nothing, so it is never
+    tokenized. Alphabetic first tokens are looked up as words; any other is searched as a substring."""
+    phrases = [p for ps in vocabulary.lesions.values() for p in ps]
+    phrases += [p for c in vocabulary.compound_lesions for p in c.subjects]
+    phrases += [p for f in vocabulary.report_level for p in (*f.negated, *f.stated)]
+    words, others = set(), set()
+    for doc in nlp.tokenizer.pipe(dict.fromkeys(p.lower() for p in phrases)):
+        first = doc[0].lower_
+        (words if _ALPHA_WORD.fullmatch(first) else others).add(first)
+    return frozenset(words), tuple(sorted(others))
+
+
 class RuleStructurer:
     """Reports -> findings with spaCy rules; no weights."""
 
@@ -562,53 +721,72 @@ class RuleStructurer:
         self.vocabulary = vocabulary
         self.nlp = build_pipeline(vocabulary)
         self.batch_size = batch_size
+        self._trigger_set, self._trigger_substrings = _trigger_words(self.nlp, vocabulary)
 
-    def _docs(self, reports: Sequence[ReportText], sentences: list[list[Sentence]]):
-        """One Doc per report: its sentences in text order, joined by one space, white space runs
+    def triggers(self, text: str) -> bool:
+        """Whether a sentence holds a word that can start a finding (else it is skipped)."""
+        lower = text.lower()
+        return not self._trigger_set.isdisjoint(_ALPHA_WORD.findall(lower)) or any(
+            s in lower for s in self._trigger_substrings
+        )
+
+    def candidate_sentences(self, text: str) -> list[Sentence]:
+        """The report's sentences, in text order, that hold a trigger word."""
+        sentences = split_sentences(text, parse_sections(text))
+        if not _in_text_order(sentences):
+            sentences = sorted(sentences, key=lambda s: s.char_start)
+        return [s for s in sentences if self.triggers(s.text)]
+
+    def make_doc(self, sentences: list[Sentence]):
+        """One Doc for a report's sentences (in text order), joined by one space, white space runs
         inside a sentence collapsed to one space.
 
         Collapsing lets phrases match across line wraps ("pleural\n effusion"), and headers between
         sections are never tokenized; `cxr_char_map` keeps (doc offsets, report offsets) of each
         piece so mentions map back to the report text.
         """
-        for report, sents in zip(reports, sentences):
-            doc_starts: list[int] = []
-            text_starts: list[int] = []
-            parts: list[str] = []
-            bounds: list[tuple[int, int]] = []
-            cursor = 0
-            for sentence in sents if _in_text_order(sents) else sorted(sents, key=lambda s: s.char_start):
-                if _LOOSE_SPACE.search(sentence.text) is None:
-                    pieces = [(sentence.char_start, sentence.text)]
-                else:
-                    pieces = [(sentence.char_start + m.start(), m.group()) for m in _WORD_RUN.finditer(sentence.text)]
-                sentence_start = cursor
-                for start, piece in pieces:
-                    doc_starts.append(cursor)
-                    text_starts.append(start)
-                    parts.append(piece)
-                    cursor += len(piece) + 1
-                bounds.append((sentence_start, cursor - 1))
-            doc = self.nlp.make_doc(" ".join(parts))
-            doc.user_data["cxr_char_map"] = (doc_starts or [0], text_starts or [0])
-            doc.user_data["cxr_sentences"] = bounds
-            yield doc
+        doc_starts: list[int] = []
+        text_starts: list[int] = []
+        parts: list[str] = []
+        bounds: list[tuple[int, int]] = []
+        cursor = 0
+        for sentence in sentences:
+            if _LOOSE_SPACE.search(sentence.text) is None:
+                pieces = [(sentence.char_start, sentence.text)]
+            else:
+                pieces = [(sentence.char_start + m.start(), m.group()) for m in _WORD_RUN.finditer(sentence.text)]
+            sentence_start = cursor
+            for start, piece in pieces:
+                doc_starts.append(cursor)
+                text_starts.append(start)
+                parts.append(piece)
+                cursor += len(piece) + 1
+            bounds.append((sentence_start, cursor - 1))
+        text = " ".join(parts)
+        doc = self.nlp.make_doc(text)
+        doc.user_data["cxr_text"] = text
+        doc.user_data["cxr_char_map"] = (doc_starts or [0], text_starts or [0])
+        doc.user_data["cxr_sentences"] = bounds
+        return doc
 
     def structure(self, reports: Sequence[ReportText]) -> list[list[Finding]]:
-        sentences = [split_sentences(r.text, parse_sections(r.text)) for r in reports]
-        docs = self.nlp.pipe(self._docs(reports, sentences), batch_size=self.batch_size)
-        return [self._findings(report, sents, doc) for report, sents, doc in zip(reports, sentences, docs)]
+        sentences = [self.candidate_sentences(r.text) for r in reports]
+        todo = [i for i, sents in enumerate(sentences) if sents]
+        docs = self.nlp.pipe((self.make_doc(sentences[i]) for i in todo), batch_size=self.batch_size)
+        results: list[list[Finding]] = [[] for _ in reports]
+        for i, doc in zip(todo, docs):
+            results[i] = self._findings(reports[i], sentences[i], doc)
+        return results
 
     def _findings(self, report: ReportText, sentences: list[Sentence], doc) -> list[Finding]:
         if not sentences:
             return []
         char_map = doc.user_data["cxr_char_map"]
-        by_position = sentences if _in_text_order(sentences) else sorted(sentences, key=lambda s: s.char_start)
         merged: dict[tuple, tuple] = {}
         mentioned: set[str] = set()
         facts: list[tuple[int, object]] = []
         for mention in doc.user_data["cxr_mentions"]:
-            sentence = by_position[mention.sentence]
+            sentence = sentences[mention.sentence]
             if mention.report_fact is not None:
                 index, kind = mention.report_fact
                 holds = mention.negated if kind == "negated" else not mention.negated

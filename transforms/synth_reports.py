@@ -114,7 +114,7 @@ VERSUS_FRAMES = ("{LOC} {a} versus {b}.", "{A} versus {b} {pp}.")
 
 # Absent findings: the words a negation list uses per type, and whole sentences for a single type.
 NEGATED_NOUNS = {
-    LesionType.EFFUSION: ("pleural effusion", "effusion", "pleural effusions"),
+    LesionType.EFFUSION: ("pleural effusion", "effusion"),
     LesionType.CONSOLIDATION: ("focal consolidation", "consolidation"),
     LesionType.EDEMA: ("pulmonary edema", "edema"),
     LesionType.PNEUMONIA: ("pneumonia",),
@@ -409,7 +409,8 @@ def negation_sentences(rng: np.random.Generator, targets: Sequence[str], lungs_c
             items = [_pick(rng, NEGATED_NOUNS[LesionType(t)]) for t in group]
             if rng.random() < 0.5:
                 items.append("pneumothorax")
-            listed = ", ".join(items[:-1]) + _pick(rng, (", or ", " or ")) + items[-1]
+            joint = " or " if len(items) == 2 else _pick(rng, (", or ", " or "))
+            listed = ", ".join(items[:-1]) + joint + items[-1]
             sentences.append(_pick(rng, usable(NEGATION_LIST_FRAMES)).format(items=listed))
         else:
             sentences.append(_pick(rng, usable(NEGATION_SENTENCES[LesionType(remaining.pop(0))])))

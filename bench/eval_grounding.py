@@ -1,0 +1,128 @@
+"""End-to-end grounding quality on a synthetic corpus, scored against its ground truth (DESIGN.md §6).
+
+    .venv/bin/python bench/eval_grounding.py [--studies 40] [--seed 0] [--config classical]
+    .venv/bin/python bench/eval_grounding.py --corpus ROOT --run OUT      # score an existing run
+
+Per lesion type: visible true lesions that became positives (recall), IoU of the positive mask with the
+true mask, reported-but-invisible findings that were discarded, positives on images without that lesion,
+and negatives that the ground truth contradicts.
+"""
+from __future__ import annotations
+
+import argparse
+import tempfile
+from collections import defaultdict
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pyarrow.parquet as pq
+
+from pipeline.config import load_config
+from pipeline.run import run_pipeline
+from pipeline.synth import synthesize_corpus
+from pipeline.writers import read_table
+from schemas.vocab import LesionType
+from transforms.masks import decode_rle
+
+
+def _png(path: Path) -> np.ndarray | None:
+    image = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
+    return None if image is None else image > 127
+
+
+def score(corpus: Path, run: Path) -> dict[str, dict[str, float]]:
+    truth = pq.read_table(corpus / "ground_truth" / "findings.parquet").to_pylist()
+    visible = {(r["dicom_id"], r["target"]) for r in truth if r["presence"] == "present" and r["visible"] and r["dicom_id"]}
+    invisible = {(r["dicom_id"], r["target"]) for r in truth if r["presence"] == "present" and not r["visible"]
+                 and r["certainty"] == "definite" and r["dicom_id"]} - visible
+    pairs = read_table(str(run), "pairs").to_pylist()
+    masks = {m["mask_id"]: m for m in read_table(str(run), "masks").to_pylist()}
+    positive_masks: dict[tuple[str, str], np.ndarray] = {}
+    for pair in pairs:
+        if pair["is_positive"] and pair["instruction_type"] != "lesion_inference":
+            m = masks[pair["mask_id"]]
+            decoded = decode_rle(m["rle"], m["height"], m["width"])
+            key = (pair["dicom_id"], pair["target"])
+            positive_masks[key] = positive_masks.get(key, np.zeros_like(decoded)) | decoded
+    rows: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
+    for dicom, target in visible:
+        row = rows[target]
+        row["visible"] += 1
+        if (dicom, target) in positive_masks:
+            row["grounded"] += 1
+            true = _png(corpus / "ground_truth" / "masks" / dicom / f"{target}.png")
+            pred = positive_masks[(dicom, target)]
+            row["iou_sum"] += float((true & pred).sum() / max((true | pred).sum(), 1)) if true is not None else 0.0
+    for dicom, target in invisible:
+        rows[target]["invisible"] += 1
+        rows[target]["invisible_discarded"] += (dicom, target) not in positive_masks
+    for dicom, target in positive_masks:
+        rows[target]["positives"] += 1
+        rows[target]["false_positive"] += (dicom, target) not in visible
+    for pair in pairs:
+        if pair["is_positive"]:
+            continue
+        row = rows[pair["target"]]
+        row["negatives"] += 1
+        if (pair["dicom_id"], pair["target"]) not in visible:
+            continue
+        if not pair["locations"]:
+            row["contradicted_negatives"] += 1
+            continue
+        true = _png(corpus / "ground_truth" / "masks" / pair["dicom_id"] / f"{pair['target']}.png")
+        region = np.zeros_like(true)
+        for loc in pair["locations"]:
+            part = _png(corpus / "ground_truth" / "anatomy" / pair["dicom_id"] / f"{loc}.png")
+            region |= part if part is not None else region
+        row["contradicted_negatives"] += bool((true & region).sum() > 0.05 * true.sum())
+    return rows
+
+
+def print_table(rows) -> None:
+    header = f"{'lesion':<14}{'visible':>8}{'recall':>8}{'mIoU':>7}{'invis.':>8}{'discard%':>9}{'pos':>6}{'FP%':>6}{'neg':>6}{'bad neg':>8}"
+    print(header)
+    totals = defaultdict(float)
+    for target in [t.value for t in LesionType]:
+        r = rows.get(target, {})
+        for k, v in r.items():
+            totals[k] += v
+        _line(target, r)
+    print("-" * len(header))
+    _line("all", totals)
+
+
+def _line(name: str, r) -> None:
+    vis, grounded = r.get("visible", 0), r.get("grounded", 0)
+    recall = grounded / vis if vis else float("nan")
+    miou = r.get("iou_sum", 0) / grounded if grounded else float("nan")
+    inv = r.get("invisible", 0)
+    disc = 100 * r.get("invisible_discarded", 0) / inv if inv else float("nan")
+    pos = r.get("positives", 0)
+    fp = 100 * r.get("false_positive", 0) / pos if pos else float("nan")
+    print(f"{name:<14}{vis:>8.0f}{recall:>8.2f}{miou:>7.2f}{inv:>8.0f}{disc:>9.0f}{pos:>6.0f}{fp:>6.0f}"
+          f"{r.get('negatives', 0):>6.0f}{r.get('contradicted_negatives', 0):>8.0f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--studies", type=int, default=40)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--config", default="classical")
+    parser.add_argument("--set", action="append", default=[])
+    parser.add_argument("--corpus", type=Path)
+    parser.add_argument("--run", type=Path)
+    args = parser.parse_args()
+    if args.corpus and args.run:
+        print_table(score(args.corpus, args.run))
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        corpus, run = Path(tmp) / "corpus", Path(tmp) / "run"
+        synthesize_corpus(corpus, args.studies, seed=args.seed)
+        run_pipeline(corpus, run, load_config(args.config, args.set), overwrite=True)
+        print(f"{args.studies} synthetic studies, seed {args.seed}, config {args.config} {' '.join(args.set)}")
+        print_table(score(corpus, run))
+
+
+if __name__ == "__main__":
+    main()
