@@ -676,11 +676,6 @@ _WORD_RUN = re.compile(r"\S+")
 _ALPHA_WORD = re.compile(r"[a-z]+")
 
 
-def _to_text(char: int, doc_starts: list[int], text_starts: list[int]) -> int:
-    piece = max(bisect_right(doc_starts, char) - 1, 0)
-    return text_starts[piece] + char - doc_starts[piece]
-
-
 def _in_text_order(sentences: list[Sentence]) -> bool:
     return all(a.char_start < b.char_start for a, b in zip(sentences, sentences[1:]))
 
@@ -712,16 +707,60 @@ def _trigger_words(nlp: Language, vocabulary: Vocabulary) -> tuple[frozenset[str
     return frozenset(words), tuple(sorted(others))
 
 
+@dataclass(frozen=True, slots=True)
+class SentenceFact:
+    """What one sentence states, whatever report it is in (so it is cached by the sentence's text).
+
+    One per (lesion type, presence, certainty) of the sentence, mentions merged and their locations
+    united, the first mention's offsets kept; or one per report-level fact that holds."""
+
+    entity: str  # a LesionType value; '' for a report-level fact
+    presence: str
+    certainty: str
+    locations: tuple[str, ...]
+    start: int  # offsets of the (first) mention in the sentence text with white space runs collapsed
+    end: int
+    report_fact: int  # index into Vocabulary.report_level; -1 for a lesion
+
+
+def _collapsed(text: str) -> str:
+    """The sentence with every white space run as one space: phrases match across line wraps."""
+    return text if _LOOSE_SPACE.search(text) is None else " ".join(text.split())
+
+
+def _uncollapsed(text: str, offset: int) -> int:
+    """Offset in `text` of the char at `offset` of _collapsed(text)."""
+    if _LOOSE_SPACE.search(text) is None:
+        return offset
+    cursor = 0
+    for word in _WORD_RUN.finditer(text):
+        if offset <= cursor + len(word.group()):
+            return word.start() + offset - cursor
+        cursor += len(word.group()) + 1
+    return len(text)
+
+
 class RuleStructurer:
-    """Reports -> findings with spaCy rules; no weights."""
+    """Reports -> findings with spaCy rules; no weights.
+
+    Sentences are independent (cues, locations and links never cross a sentence end), so each
+    distinct sentence text runs through the spaCy pipeline once and its facts are cached: report
+    corpora repeat their sentences ("No pneumothorax.", "The lungs are clear.") many times. Sentences
+    without a trigger word (see `triggers`) are never tokenized.
+    """
 
     name = "rules"
 
-    def __init__(self, vocabulary: Vocabulary, batch_size: int = 256):
+    def __init__(self, vocabulary: Vocabulary, batch_size: int = 256, cache_size: int = 200_000):
         self.vocabulary = vocabulary
         self.nlp = build_pipeline(vocabulary)
         self.batch_size = batch_size
+        self.cache_size = cache_size
+        self._cache: dict[str, tuple[SentenceFact, ...]] = {}
         self._trigger_set, self._trigger_substrings = _trigger_words(self.nlp, vocabulary)
+
+    def clear_cache(self) -> None:
+        self._cache.clear()
 
     def triggers(self, text: str) -> bool:
         """Whether a sentence holds a word that can start a finding (else it is skipped)."""
@@ -737,94 +776,80 @@ class RuleStructurer:
             sentences = sorted(sentences, key=lambda s: s.char_start)
         return [s for s in sentences if self.triggers(s.text)]
 
-    def make_doc(self, sentences: list[Sentence]):
-        """One Doc for a report's sentences (in text order), joined by one space, white space runs
-        inside a sentence collapsed to one space.
-
-        Collapsing lets phrases match across line wraps ("pleural\n effusion"), and headers between
-        sections are never tokenized; `cxr_char_map` keeps (doc offsets, report offsets) of each
-        piece so mentions map back to the report text.
-        """
-        doc_starts: list[int] = []
-        text_starts: list[int] = []
-        parts: list[str] = []
-        bounds: list[tuple[int, int]] = []
-        cursor = 0
-        for sentence in sentences:
-            if _LOOSE_SPACE.search(sentence.text) is None:
-                pieces = [(sentence.char_start, sentence.text)]
-            else:
-                pieces = [(sentence.char_start + m.start(), m.group()) for m in _WORD_RUN.finditer(sentence.text)]
-            sentence_start = cursor
-            for start, piece in pieces:
-                doc_starts.append(cursor)
-                text_starts.append(start)
-                parts.append(piece)
-                cursor += len(piece) + 1
-            bounds.append((sentence_start, cursor - 1))
-        text = " ".join(parts)
-        doc = self.nlp.make_doc(text)
-        doc.user_data["cxr_text"] = text
-        doc.user_data["cxr_char_map"] = (doc_starts or [0], text_starts or [0])
-        doc.user_data["cxr_sentences"] = bounds
-        return doc
+    def sentence_facts(self, texts: Sequence[str]) -> list[tuple[SentenceFact, ...]]:
+        """Facts of each collapsed sentence text; texts not in the cache go through `nlp.pipe`."""
+        cache = self._cache
+        new = [t for t in dict.fromkeys(texts) if t not in cache]
+        if len(cache) + len(new) > self.cache_size:
+            cache.clear()
+            new = list(dict.fromkeys(texts))
+        for text, doc in zip(new, self.nlp.pipe(new, batch_size=self.batch_size)):
+            cache[text] = self._facts_of(doc)
+        return [cache[t] for t in texts]
 
     def structure(self, reports: Sequence[ReportText]) -> list[list[Finding]]:
         sentences = [self.candidate_sentences(r.text) for r in reports]
-        todo = [i for i, sents in enumerate(sentences) if sents]
-        docs = self.nlp.pipe((self.make_doc(sentences[i]) for i in todo), batch_size=self.batch_size)
-        results: list[list[Finding]] = [[] for _ in reports]
-        for i, doc in zip(todo, docs):
-            results[i] = self._findings(reports[i], sentences[i], doc)
-        return results
+        texts = [_collapsed(s.text) for sents in sentences for s in sents]
+        facts = iter(self.sentence_facts(texts))
+        return [
+            self._findings(report, sents, [next(facts) for _ in sents]) for report, sents in zip(reports, sentences)
+        ]
 
-    def _findings(self, report: ReportText, sentences: list[Sentence], doc) -> list[Finding]:
-        if not sentences:
-            return []
-        char_map = doc.user_data["cxr_char_map"]
-        merged: dict[tuple, tuple] = {}
-        mentioned: set[str] = set()
-        facts: list[tuple[int, object]] = []
+    def _facts_of(self, doc) -> tuple[SentenceFact, ...]:
+        merged: dict[tuple, list] = {}
+        report_facts: list[SentenceFact] = []
         for mention in doc.user_data["cxr_mentions"]:
-            sentence = sentences[mention.sentence]
             if mention.report_fact is not None:
                 index, kind = mention.report_fact
                 holds = mention.negated if kind == "negated" else not mention.negated
                 if holds and mention.certainty == _DEFINITE:
-                    facts.append((index, (sentence, mention)))
+                    report_facts.append(
+                        SentenceFact("", _ABSENT, _DEFINITE, (), mention.char_start, mention.char_end, index)
+                    )
                 continue
             if not mention.entity:
                 continue
-            mentioned.add(mention.entity)
             fixed = self.vocabulary.fixed_locations.get(mention.entity)
             if fixed:
                 locations = set(fixed)
             else:
                 locations = set(resolve_locations(mention.locations)) if mention.locations else set()
-            key = (sentence.sent_idx, mention.entity, mention.presence, mention.certainty)
+            key = (mention.entity, mention.presence, mention.certainty)
             if key in merged:
                 merged[key][1].update(locations)
             else:
-                merged[key] = (mention, locations, sentence)
-        findings = [
-            self._finding(report, sentence, mention, char_map, mention.entity, mention.presence,
-                          mention.certainty, tuple(sorted(locations)))
-            for mention, locations, sentence in merged.values()
+                merged[key] = [mention, locations]
+        lesions = [
+            SentenceFact(m.entity, m.presence, m.certainty, tuple(sorted(locations)), m.char_start, m.char_end, -1)
+            for m, locations in merged.values()
         ]
-        for index, (sentence, mention) in facts:
-            for entity in self.vocabulary.report_level[index].absent:
+        return (*lesions, *report_facts)
+
+    def _findings(self, report: ReportText, sentences: list[Sentence], facts) -> list[Finding]:
+        """Findings of a report from its sentences' facts. Report-level facts ("no acute
+        cardiopulmonary process") add absent findings for the types the report mentions nowhere."""
+        findings: list[Finding] = []
+        mentioned: set[str] = set()
+        pending: list[tuple[Sentence, SentenceFact]] = []
+        for sentence, sentence_facts in zip(sentences, facts):
+            for fact in sentence_facts:
+                if fact.report_fact < 0:
+                    mentioned.add(fact.entity)
+                    findings.append(self._finding(report, sentence, fact, fact.entity, fact.presence,
+                                                  fact.certainty, fact.locations))
+                else:
+                    pending.append((sentence, fact))
+        for sentence, fact in pending:
+            for entity in self.vocabulary.report_level[fact.report_fact].absent:
                 if entity not in mentioned:
                     mentioned.add(entity)
-                    findings.append(
-                        self._finding(report, sentence, mention, char_map, entity, _ABSENT, _DEFINITE, ())
-                    )
+                    findings.append(self._finding(report, sentence, fact, entity, _ABSENT, _DEFINITE, ()))
         findings.sort(key=lambda f: (f.sent_idx, f.char_start, f.entity))
         return findings
 
-    def _finding(self, report, sentence, mention, char_map, entity, presence, certainty, locations) -> Finding:
-        doc_starts, text_starts = char_map
-        start = _to_text(mention.char_start, doc_starts, text_starts)
-        end = _to_text(mention.char_end - 1, doc_starts, text_starts) + 1
+    def _finding(self, report, sentence, fact, entity, presence, certainty, locations) -> Finding:
+        start = sentence.char_start + _uncollapsed(sentence.text, fact.start)
+        end = sentence.char_start + _uncollapsed(sentence.text, fact.end - 1) + 1
         return Finding(
             finding_id=finding_id(report.report_id, sentence.sent_idx, start, entity),
             report_id=report.report_id,
