@@ -10,6 +10,28 @@ from schemas.vocab import LUNG_BY_SIDE, ZONES_BY_SIDE, LesionType, Location
 from transforms.records import AnatomyResult, Finding, LesionPrior
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+SYNTH_STUDIES = 12  # the shared synthetic corpus: small, but holds every lesion type and damaged-input room
+
+
+@pytest.fixture(scope="session")
+def corpus(tmp_path_factory):
+    """A synthetic corpus in the MIMIC-CXR-JPG layout, built once per test process (read-only for tests)."""
+    from pipeline.synth import synthesize_corpus
+
+    root = tmp_path_factory.mktemp("corpus")
+    synthesize_corpus(root, SYNTH_STUDIES, seed=5)
+    return root
+
+
+@pytest.fixture(scope="session")
+def run_dir(corpus, tmp_path_factory):
+    """The classical pipeline run on `corpus`, quality gate included (read-only for tests: copy to change it)."""
+    from pipeline.config import load_config
+    from pipeline.run import run_pipeline
+
+    out = tmp_path_factory.mktemp("run")
+    run_pipeline(corpus, out, load_config("classical"), overwrite=True)
+    return out
 
 SIZE = 200
 # image left = patient's right

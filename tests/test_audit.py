@@ -10,23 +10,11 @@ import numpy as np
 import pytest
 
 from pipeline.audit import ACCEPTED, render_overlay, write_audit
-from pipeline.config import load_config
-from pipeline.run import run_pipeline
-from pipeline.synth import synthesize_corpus
 from pipeline.writers import read_table
 
-N_STUDIES = 8
+
 PAGE_SIZE = 4
 CHROMIUM = next((shutil.which(name) for name in ("chromium", "chromium-browser") if shutil.which(name)), None)
-
-
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("corpus")
-    synthesize_corpus(root, N_STUDIES, seed=5)
-    out = tmp_path_factory.mktemp("run")
-    run_pipeline(root, out, load_config("classical"), overwrite=True)
-    return out
 
 
 @pytest.fixture(scope="module")

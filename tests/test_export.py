@@ -8,32 +8,12 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.config import load_config
 from pipeline.errors import UserError
 from pipeline.export import export_run
-from pipeline.run import run_pipeline
-from pipeline.synth import synthesize_corpus
 from pipeline.writers import read_table
 from transforms.loader import JsonExportPairs, RunPairs
 from transforms.masks import decode_rle
 from transforms.statistics import dataset_statistics
-
-N_STUDIES = 10
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    root = tmp_path_factory.mktemp("corpus")
-    synthesize_corpus(root, N_STUDIES, seed=5)
-    return root
-
-
-@pytest.fixture(scope="module")
-def run_dir(corpus, tmp_path_factory):
-    out = tmp_path_factory.mktemp("run")
-    run_pipeline(corpus, out, load_config("classical"), overwrite=True)
-    return out
-
 
 @pytest.fixture(scope="module")
 def pairs(run_dir):

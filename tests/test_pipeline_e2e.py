@@ -11,27 +11,13 @@ from pipeline.config import load_config
 from pipeline.contract import check_run
 from pipeline.corpus import index_mimic_cxr_jpg
 from pipeline.run import run_pipeline
-from pipeline.synth import synthesize_corpus
 from pipeline.writers import read_table
 from schemas.tables import TABLES
 from transforms.masks import decode_rle
 
-N_STUDIES = 14
+from conftest import SYNTH_STUDIES
+
 NO_GATE = ["quality.validate_after_run=false"]  # the quality gate runs once, on the main run
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    root = tmp_path_factory.mktemp("corpus")
-    synthesize_corpus(root, N_STUDIES, seed=3)
-    return root
-
-
-@pytest.fixture(scope="module")
-def run_dir(corpus, tmp_path_factory):
-    out = tmp_path_factory.mktemp("run")
-    run_pipeline(corpus, out, load_config("classical"), overwrite=True)
-    return out
 
 
 def tables(out):
@@ -47,7 +33,7 @@ def test_tables_honour_the_contract(run_dir, corpus):
         for shard in (run_dir / name).glob("part-*.parquet"):
             assert pq.read_schema(shard).equals(schema, check_metadata=False)
     manifest = json.loads((run_dir / "manifest.json").read_text())
-    assert manifest["counts"]["studies"] == N_STUDIES == len({r["study_id"] for r in t["studies"]})
+    assert manifest["counts"]["studies"] == SYNTH_STUDIES == len({r["study_id"] for r in t["studies"]})
     assert manifest["contract_problems"] == [] and manifest["config_name"] == "classical"
     quality = json.loads((run_dir / "quality" / "results.json").read_text())
     assert quality["success"], quality
@@ -114,7 +100,7 @@ def test_damaged_inputs_are_accounted_not_lost(corpus, tmp_path):
     summary = run_pipeline(damaged, out, load_config("classical", NO_GATE), overwrite=True)
     assert summary.problems == []
     t = tables(out)
-    assert len(t["studies"]) == N_STUDIES
+    assert len(t["studies"]) == SYNTH_STUDIES
     errors = {(e["stage"], e["error_type"]) for e in t["errors"]}
     assert {("read", "UnicodeDecodeError"), ("read", "ValueError"), ("read", "FileNotFoundError")} <= errors
     assert sum(e["stage"] == "decode" for e in t["errors"]) == 2

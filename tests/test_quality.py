@@ -7,26 +7,15 @@ import shutil
 import numpy as np
 import pytest
 
-from pipeline.config import load_config
 from pipeline.quality import validate_run
 from schemas.config import QualityConfig, quality_config
-from pipeline.run import run_pipeline
-from pipeline.synth import synthesize_corpus
 from pipeline.writers import read_table, table_to_bytes
 from transforms.mask_outliers import DESCRIPTOR_NAMES, flag_mask_outliers, mask_descriptors
 from transforms.masks import encode_rle
 
-N_STUDIES = 8
+from conftest import SYNTH_STUDIES
+
 FAST = QualityConfig(data_docs=False)
-
-
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("corpus")
-    synthesize_corpus(root, N_STUDIES, seed=5)
-    out = tmp_path_factory.mktemp("run")
-    run_pipeline(root, out, load_config("classical"), overwrite=True)
-    return out
 
 
 def rewrite(run_dir, table: str, edit) -> None:
@@ -85,8 +74,8 @@ BREAKAGES = {  # each on its own rows, so one copy holds all four and each messa
     "out-of-vocabulary location": ("pairs", out_of_vocabulary_location,
                                    ["pairs.locations", "Location vocabulary", "left lobe"]),
     "negative with a mask": ("pairs", negative_with_a_mask, ["mask_id is null for negative pairs"]),
-    "lost study": ("studies", lost_study, ["one row per input study", f"{N_STUDIES} in the manifest",
-                                           f"observed {N_STUDIES - 1}"]),
+    "lost study": ("studies", lost_study, ["one row per input study", f"{SYNTH_STUDIES} in the manifest",
+                                           f"observed {SYNTH_STUDIES - 1}"]),
 }
 
 

@@ -23,7 +23,7 @@ import hashlib
 import re
 from bisect import bisect_right
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import spacy
@@ -718,7 +718,7 @@ class SentenceFact:
     presence: str
     certainty: str
     locations: tuple[str, ...]
-    start: int  # offsets of the (first) mention in the sentence text with white space runs collapsed
+    start: int  # offsets of the (first) mention in the sentence text (white space runs collapsed)
     end: int
     report_fact: int  # index into Vocabulary.report_level; -1 for a lesion
 
@@ -729,9 +729,7 @@ def _collapsed(text: str) -> str:
 
 
 def _uncollapsed(text: str, offset: int) -> int:
-    """Offset in `text` of the char at `offset` of _collapsed(text)."""
-    if _LOOSE_SPACE.search(text) is None:
-        return offset
+    """Offset in `text` of the char at `offset` of _collapsed(text), for a text with loose space."""
     cursor = 0
     for word in _WORD_RUN.finditer(text):
         if offset <= cursor + len(word.group()):
@@ -832,6 +830,9 @@ class RuleStructurer:
         mentioned: set[str] = set()
         pending: list[tuple[Sentence, SentenceFact]] = []
         for sentence, sentence_facts in zip(sentences, facts):
+            if sentence_facts and _LOOSE_SPACE.search(sentence.text) is not None:
+                sentence_facts = [replace(f, start=_uncollapsed(sentence.text, f.start),
+                                          end=_uncollapsed(sentence.text, f.end - 1) + 1) for f in sentence_facts]
             for fact in sentence_facts:
                 if fact.report_fact < 0:
                     mentioned.add(fact.entity)
@@ -848,8 +849,7 @@ class RuleStructurer:
         return findings
 
     def _finding(self, report, sentence, fact, entity, presence, certainty, locations) -> Finding:
-        start = sentence.char_start + _uncollapsed(sentence.text, fact.start)
-        end = sentence.char_start + _uncollapsed(sentence.text, fact.end - 1) + 1
+        start, end = sentence.char_start + fact.start, sentence.char_start + fact.end
         return Finding(
             finding_id=finding_id(report.report_id, sentence.sent_idx, start, entity),
             report_id=report.report_id,
