@@ -95,9 +95,12 @@ def run_pipeline(input_root: Path, out_dir: Path, loaded: LoadedConfig, beam_arg
     prepare_output(out_dir, overwrite)
     started = time.perf_counter()
     options = PipelineOptions(beam_args or [])
-    with beam.Pipeline(options=options) as p:
-        build_pipeline(p, studies, str(input_root), str(out_dir), config)
+    pipeline = beam.Pipeline(options=options)
+    build_pipeline(pipeline, studies, str(input_root), str(out_dir), config)
+    result = pipeline.run()
+    result.wait_until_finish()
     seconds = time.perf_counter() - started
+    counters = {c.key.metric.name: c.committed for c in result.metrics().query()["counters"]}
     counts = table_counts(out_dir)
     problems = check_run(out_dir) if config.output.check_contract else []
     statistics = dataset_statistics(read_table(str(out_dir), "pairs"))
@@ -115,6 +118,7 @@ def run_pipeline(input_root: Path, out_dir: Path, loaded: LoadedConfig, beam_arg
                    "images": sum(len(s.images) for s in studies)},
         "beam_args": beam_args or [],
         "counts": counts,
+        "counters": dict(sorted(counters.items())),
         "timings": {"pipeline_seconds": round(seconds, 3),
                     "studies_per_second": round(len(studies) / seconds, 3) if seconds else None},
         "statistics": statistics,

@@ -29,13 +29,12 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipeline.corpus import METADATA_FILE, SPLIT_FILE
 from schemas.tables import GROUND_TRUTH_FINDINGS, with_version
 from schemas.vocab import FRONTAL_VIEWS, Certainty, LesionType, Location, Presence, Split
 from transforms.phantom import DEVICES, LesionSpec, draw_frontal, draw_lateral
 from transforms.synth_reports import Fact, Mention, ReportContext, implied_absent, render_report
 
-METADATA_FILE = "mimic-cxr-2.0.0-metadata.csv.gz"
-SPLIT_FILE = "mimic-cxr-2.0.0-split.csv.gz"
 METADATA_COLUMNS = (
     "dicom_id", "subject_id", "study_id", "PerformedProcedureStepDescription", "ViewPosition", "Rows", "Columns",
     "StudyDate", "StudyTime", "AcquisitionDeviceProcessingDescription", "ProcedureCodeSequence_CodeMeaning",

@@ -20,9 +20,8 @@ def shard_path(out_dir: str, table: str, shard: int) -> str:
 
 
 def table_to_bytes(table_name: str, rows: list[dict], row_group_rows: int, compression: str) -> bytes:
-    keys = SORT_KEYS[table_name]
-    ordered = sorted(rows, key=lambda r: tuple("" if r.get(k) is None else str(r[k]) for k in keys))
-    table = pa.Table.from_pylist(ordered, schema=with_version(TABLES[table_name], table_name))
+    table = pa.Table.from_pylist(rows, schema=with_version(TABLES[table_name], table_name))
+    table = table.sort_by([(key, "ascending") for key in SORT_KEYS[table_name]])
     sink = pa.BufferOutputStream()
     pq.write_table(table, sink, row_group_size=row_group_rows, compression=compression)
     return sink.getvalue().to_pybytes()

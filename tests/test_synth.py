@@ -11,7 +11,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from anatomy_models.zones import lung_zones
-from pipeline.synth import METADATA_COLUMNS, METADATA_FILE, SPLIT_FILE, plan_corpus, synthesize_corpus
+from pipeline.corpus import METADATA_FILE, SPLIT_FILE
+from pipeline.synth import METADATA_COLUMNS, plan_corpus, synthesize_corpus
 from schemas.tables import GROUND_TRUTH_FINDINGS
 from schemas.vocab import FRONTAL_VIEWS, LUNG_BY_SIDE, ZONES_BY_SIDE, LesionType, Location, Presence
 from transforms.phantom import LesionSpec, draw_frontal, zone_masks
