@@ -131,6 +131,32 @@ def evaluate(name: str, backend, cases, input_size: int, per_image: bool) -> Non
         print(f"{name:10s} speed at {size} px, 1 CPU thread: {ms_per_image(backend, images, size):.1f} ms/image")
 
 
+def phantom_cases(count: int, seed: int = 0) -> list[tuple[np.ndarray, dict[str, np.ndarray]]]:
+    """Frontal phantoms of the synthetic corpus (PA and AP, with and without lesions) and their true anatomy."""
+    from transforms.phantom import LesionSpec, draw_frontal
+
+    cases = []
+    for index in range(count):
+        rng = np.random.default_rng([seed, index])
+        height, width = int(rng.integers(1600, 3000)), int(rng.integers(1600, 3000))
+        lesions = (LesionSpec(("consolidation",), "consolidation", ("right lung base",), 0.7),) if index % 2 else ()
+        image, _, anatomy = draw_frontal(rng, height, width, lesions, view="AP" if index % 4 == 3 else "PA")
+        cases.append((image, anatomy))
+    return cases
+
+
+def evaluate_phantoms(name: str, backend, cases, input_size: int) -> None:
+    structures = (Location.RIGHT_LUNG.value, Location.LEFT_LUNG.value, Location.HEART.value)
+    scores = {s: [] for s in structures}
+    for image, truth in cases:
+        result = backend.segment([resize_long_side(image, input_size)])[0]
+        for structure in structures:
+            scores[structure].append(dice(to_size(result.masks[structure], image.shape), truth[structure]))
+    for structure, values in scores.items():
+        print(f"{name:10s} phantom {structure:11s} Dice  mean {statistics.mean(values):.3f}  "
+              f"min {min(values):.3f}  (n={len(values)})")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
@@ -138,6 +164,7 @@ def main() -> None:
     parser.add_argument("--input-size", type=int, default=512, help="long side given to the backend (0: as stored)")
     parser.add_argument("--weights-dir", default=None, help="weights folder for cxas/pspnet (default: torchxrayvision's cache)")
     parser.add_argument("--per-image", action="store_true")
+    parser.add_argument("--phantoms", type=int, default=20, help="synthetic frontal phantoms scored per structure")
     args = parser.parse_args()
 
     if not (args.data / "manifest.csv").is_file():
@@ -145,15 +172,17 @@ def main() -> None:
     cv2.setNumThreads(1)
     torch.set_num_threads(1)
     cases = load_lung_dev_set(args.data)
+    phantoms = phantom_cases(args.phantoms)
     for name in args.backends:
         options = {} if name == "classical" else {"weights_dir": args.weights_dir}
-        backend = BACKENDS[name](**options)
         try:
+            backend = BACKENDS[name](**options)
             backend.load()
         except MissingWeightsError as error:
             print(f"{name:10s} skipped: {error}")
             continue
         evaluate(name, backend, cases, args.input_size, args.per_image)
+        evaluate_phantoms(name, backend, phantoms, args.input_size)
 
 
 if __name__ == "__main__":
