@@ -48,6 +48,8 @@ _LUNG_CENTROID_MAX_Y = 0.8  # of the image height: a lung's centroid is above th
 _HILUM_LEVEL = 0.45  # of a lung's height from its apex: where the heart and the retrocardiac border start
 _DIAPHRAGM_THICKNESS = 0.03  # of the image height
 _MIDLINE_BAND = 2.0 / 256  # half-width of the cut made along the midline
+_HEART_BOTTOM_LEVEL = 0.88  # of the lungs' height from the apices: the heart reaches at least the diaphragm's dome
+_RIGHT_HEART_SHARE = 0.8  # the heart's extent right of the midline is at most this share of its extent left of it
 
 
 class ClassicalOptions(BaseModel):
@@ -107,14 +109,18 @@ def dark_field(smoothed: np.ndarray) -> np.ndarray:
     """Candidate aerated-lung pixels: darker than Otsu's threshold and than their neighbourhood, inside the body."""
     width = smoothed.shape[1]
     threshold, _ = cv2.threshold(smoothed, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
-    box = max(3, int(_NEIGHBOURHOOD * width)) | 1
-    neighbourhood = cv2.blur(smoothed.astype(np.float32), (box, box))
-    dark = (smoothed < threshold) & (smoothed < neighbourhood)
     # Air around the body: much darker than the lungs' threshold and reaching the image border.
     air = (smoothed < 0.5 * threshold).astype(np.uint8)
     _, labels = cv2.connectedComponents(air)
     border_labels = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
     outside = np.isin(labels, border_labels[border_labels > 0])
+    # Lung against body only: outside air in the histogram drags the threshold below the less aerated bases.
+    inside = smoothed[~outside]
+    if inside.size > 0.2 * smoothed.size:
+        threshold, _ = cv2.threshold(inside.reshape(1, -1), 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
+    box = max(3, int(_NEIGHBOURHOOD * width)) | 1
+    neighbourhood = cv2.blur(smoothed.astype(np.float32), (box, box))
+    dark = (smoothed < threshold) & (smoothed < neighbourhood)
     return dark & ~outside
 
 
@@ -133,6 +139,22 @@ def _largest_lung_components(candidates: np.ndarray, opening: np.ndarray, midlin
         if area > best[side][1]:
             best[side] = (label, area)
     return {side: labels == label if label else np.zeros_like(candidates, dtype=bool) for side, (label, _) in best.items()}
+
+
+def _regrow_base(component: np.ndarray, candidates: np.ndarray) -> np.ndarray:
+    """Give back the thin lower parts the opening cut off (the strip beside a large heart, the costophrenic
+    angle): dark pixels connected to the lung, below its middle and within its columns, where a bridge to
+    the neck or the chest wall cannot be."""
+    if not component.any():
+        return component
+    rows = np.flatnonzero(component.any(axis=1))
+    cols = np.flatnonzero(component.any(axis=0))
+    allowed = np.zeros_like(candidates, dtype=bool)
+    allowed[(rows[0] + rows[-1]) // 2 :, cols[0] : cols[-1] + 1] = True
+    allowed = (allowed & candidates) | component
+    _, labels = cv2.connectedComponents(allowed.astype(np.uint8), connectivity=4)
+    keep = np.unique(labels[component])
+    return np.isin(labels, keep[keep > 0])
 
 
 def _carry_medial_border_down(lung: np.ndarray, side: str) -> np.ndarray:
@@ -166,6 +188,43 @@ def _gap_between(right_lung: np.ndarray, left_lung: np.ndarray, top: int, bottom
         if right_columns.size and left_columns.size and left_columns[0] > right_columns[-1] + 1:
             gap[row, right_columns[-1] + 1 : left_columns[0]] = True
     return gap
+
+
+def _cardiophrenic_row(lung: np.ndarray, side: str, top: int) -> int:
+    """Row of the cardiophrenic angle: the lowest lung pixel between the lung's medial border at the heart's
+    top and the lung's middle column (the lung's lower border next to the heart)."""
+    cols = np.flatnonzero(lung.any(axis=0))
+    middle = (cols[0] + cols[-1]) // 2
+    at_top = np.flatnonzero(lung[top]) if lung[top].any() else cols
+    adjacent = lung[:, middle : at_top[-1] + 1] if side == "right" else lung[:, at_top[0] : middle + 1]
+    rows = np.flatnonzero(adjacent.any(axis=1))
+    return int(rows[-1]) if rows.size else top
+
+
+def _heart_between(right_lung: np.ndarray, left_lung: np.ndarray, top: int, bottom: int) -> np.ndarray:
+    """Rows top..bottom between the aerated lungs' medial borders (not their convex hulls, which cut into the
+    heart's bulge); below a lung's last row its border is carried straight down."""
+    heart = np.zeros_like(right_lung)
+    right_border = left_border = None
+    for row in range(max(top, 0), min(bottom, heart.shape[0] - 1) + 1):
+        right_columns = np.flatnonzero(right_lung[row])
+        left_columns = np.flatnonzero(left_lung[row])
+        right_border = right_columns[-1] if right_columns.size else right_border
+        left_border = left_columns[0] if left_columns.size else left_border
+        if right_border is not None and left_border is not None and left_border > right_border + 1:
+            heart[row, right_border + 1 : left_border] = True
+    return heart
+
+
+def _cap_right_border(heart: np.ndarray, midline: int) -> np.ndarray:
+    """The heart reaches less far right of the midline than left of it; where the right lung's lower medial
+    border is not aerated enough to be found, the gap would run out to the chest wall."""
+    cols = np.flatnonzero(heart.any(axis=0))
+    if cols.size == 0 or cols[-1] <= midline:
+        return heart
+    capped = heart.copy()
+    capped[:, : max(0, midline - int(round(_RIGHT_HEART_SHARE * (cols[-1] - midline))))] = False
+    return capped
 
 
 def _extent(mask: np.ndarray) -> tuple[int, int]:
@@ -210,7 +269,9 @@ def segment_lungs_and_heart(image: np.ndarray, work_size: int = 256, clahe_clip:
     candidates[:, max(midline - band, 0) : midline + band + 1] = False
     opening = _disk(_OPENING * unit)
 
-    aerated = {side: _convex_fill(component) for side, component in _largest_lung_components(candidates, opening, midline).items()}
+    components = {side: _regrow_base(component, candidates)
+                  for side, component in _largest_lung_components(candidates, opening, midline).items()}
+    aerated = {side: _convex_fill(component) for side, component in components.items()}
 
     dilation = _disk(_EDGE_DILATION * unit)
     lungs = {
@@ -227,8 +288,11 @@ def segment_lungs_and_heart(image: np.ndarray, work_size: int = 256, clahe_clip:
     if aerated["right"].any() and aerated["left"].any():
         (right_top, right_bottom), (left_top, left_bottom) = _extent(aerated["right"]), _extent(aerated["left"])
         heart_top = int(round(np.mean([t + _HILUM_LEVEL * (b - t) for t, b in ((right_top, right_bottom), (left_top, left_bottom))])))
-        heart_bottom = min(right_bottom, left_bottom)
-        heart = _convex_fill(_gap_between(aerated["right"], aerated["left"], heart_top, heart_bottom))
+        lungs_top, lungs_bottom = min(right_top, left_top), max(right_bottom, left_bottom)
+        heart_bottom = max(*(_cardiophrenic_row(components[side], side, heart_top) for side in ("right", "left")),
+                           int(round(lungs_top + _HEART_BOTTOM_LEVEL * (lungs_bottom - lungs_top))))
+        heart = _heart_between(components["right"], components["left"], heart_top, heart_bottom)
+        heart = _convex_fill(_cap_right_border(heart, midline))
         mediastinum = _gap_between(aerated["right"], aerated["left"], min(right_top, left_top), heart_bottom) | heart
 
     both = lungs["right"] | lungs["left"]

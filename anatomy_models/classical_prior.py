@@ -152,6 +152,10 @@ class ClassicalLesionPrior(LesionPriorBackend):
         effusion_base_full: float = 0.8,
         effusion_fill_level: float = 0.2,  # evidence that counts as fluid when filling up from the base
         pleural_margin: float = 0.03,  # how far the effusion map reaches outside the lung outline
+        effusion_lateral_share: float = 0.15,  # of a lung's width: the lateral part whose bottom is the costophrenic angle
+        effusion_min_blunting: float = 0.015,  # of the lung's height: lateral bottom above the lowest point = blunted angle
+        effusion_expected_height: float = 1.75,  # a clear lung's height over its width (when neither side is clear)
+        effusion_dome_depth: float = 0.18,  # of the lung's height: how much higher the lung ends medially than laterally
         ctr_midpoint: float = 0.5,  # cardiothoracic ratio at which cardiomegaly probability is 0.5
         ctr_scale: float = 0.03,
         strong_level: float = 0.5,  # map level counted as lesion for the probabilities
@@ -179,6 +183,10 @@ class ClassicalLesionPrior(LesionPriorBackend):
         self.effusion_base_full = effusion_base_full
         self.effusion_fill_level = effusion_fill_level
         self.pleural_margin = pleural_margin
+        self.effusion_lateral_share = effusion_lateral_share
+        self.effusion_min_blunting = effusion_min_blunting
+        self.effusion_expected_height = effusion_expected_height
+        self.effusion_dome_depth = effusion_dome_depth
         self.ctr_midpoint = ctr_midpoint
         self.ctr_scale = ctr_scale
         self.strong_level = strong_level
@@ -281,7 +289,7 @@ class ClassicalLesionPrior(LesionPriorBackend):
         maps[LesionType.EDEMA.value] = ramp(bilateral, *self._levels(self.edema_density, spread)) * perihilar * field
 
         effusion_levels = self._levels(self.effusion_density, spread)
-        maps[LesionType.EFFUSION.value] = self._effusion(vs_expected, effusion_levels, frame, heart | mediastinum, max(image.shape))
+        maps[LesionType.EFFUSION.value] = self._effusion(vs_expected, effusion_levels, frame, heart | mediastinum, max(image.shape), (right, left))
 
         lung_area = float(frame.field.sum())
         for lesion in (LesionType.OPACITY, LesionType.PNEUMONIA, LesionType.CONSOLIDATION, LesionType.ATELECTASIS,
@@ -292,7 +300,7 @@ class ClassicalLesionPrior(LesionPriorBackend):
         return max(density[0], self.noise_levels[0] * spread), max(density[1], self.noise_levels[1] * spread)
 
     def _effusion(self, vs_expected: np.ndarray, levels: tuple[float, float], frame: LungFrame, overlying: np.ndarray,
-                  long_side: int) -> np.ndarray:
+                  long_side: int, sides: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
         """Dense evidence at the base that layers up from the lung's lower border, plus the pleural rim outside it."""
         dense = ramp(vs_expected, *levels) * frame.field
         base = ramp(frame.v, self.effusion_base_start, self.effusion_base_full)
@@ -305,12 +313,65 @@ class ClassicalLesionPrior(LesionPriorBackend):
             row_lung = frame.field[y]
             filled[y] = fluid[y] & below_is_fluid_or_outside
             below_is_fluid_or_outside = np.where(row_lung, filled[y], below_is_fluid_or_outside)
+            # lung resting on the heart or mediastinum is not at its lower border: fluid does not layer there
+            below_is_fluid_or_outside &= ~overlying[y]
         effusion = evidence * filled
         margin = max(1, int(round(self.pleural_margin * long_side)))
         kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * margin + 1, 2 * margin + 1))
         rim = cv2.dilate(frame.lungs.astype(np.uint8), kernel).astype(bool) & ~frame.lungs & ~overlying
         spill = cv2.dilate(effusion, kernel)
-        return np.where(rim, spill, effusion).astype(np.float32)
+        effusion = np.where(rim, spill, effusion)
+        return np.maximum(effusion, self._subpulmonic_fluid(*sides)).astype(np.float32)
+
+    def _blunting(self, lung: np.ndarray) -> float:
+        """How far the lung's lateral bottom sits above its lowest point, over the lung's height.
+
+        An aerated lung reaches lowest at its costophrenic angle (lateral); fluid fills that angle first,
+        so the lowest point moves medially and the lateral edge ends higher (a blunted angle, a meniscus)."""
+        rows, cols = np.flatnonzero(lung.any(axis=1)), np.flatnonzero(lung.any(axis=0))
+        lateral_cols = max(1, int(round(self.effusion_lateral_share * (cols[-1] - cols[0] + 1))))
+        lateral = lung[:, cols[0] : cols[0] + lateral_cols] if self._is_image_left(lung) else lung[:, cols[-1] - lateral_cols + 1 : cols[-1] + 1]
+        lateral_bottom = np.flatnonzero(lateral.any(axis=1))[-1]
+        return float(rows[-1] - lateral_bottom) / max(rows[-1] - rows[0], 1)
+
+    @staticmethod
+    def _is_image_left(lung: np.ndarray) -> bool:
+        cols = np.flatnonzero(lung.any(axis=0))
+        return float(cols[0] + cols[-1]) / 2 < lung.shape[1] / 2
+
+    def _subpulmonic_fluid(self, right: np.ndarray, left: np.ndarray) -> np.ndarray:
+        """Fluid below a lung with a blunted costophrenic angle: from the aerated lung's lower border down to
+        where the lung should end (the other lung's height when that one is clear, else the expected height
+        over width), following a dome that is deepest laterally. Fluid is as dense as the diaphragm under it,
+        so this lower limit is geometric, not seen."""
+        height, width = right.shape
+        fluid = np.zeros((height, width), np.float32)
+        sides = [right, left]
+        if not right.any() or not left.any():
+            return fluid
+        blunting = [self._blunting(lung) for lung in sides]
+        extents = [np.flatnonzero(lung.any(axis=1))[[0, -1]] for lung in sides]
+        for index, lung in enumerate(sides):
+            if blunting[index] < self.effusion_min_blunting:
+                continue
+            top, bottom = extents[index]
+            cols = np.flatnonzero(lung.any(axis=0))
+            other = 1 - index
+            if blunting[other] < self.effusion_min_blunting:
+                expected = top + (extents[other][1] - extents[other][0])
+            else:
+                expected = top + self.effusion_expected_height * (cols[-1] - cols[0] + 1)
+            if expected <= bottom:
+                continue
+            lung_height = expected - top
+            lowest = np.where(lung.any(axis=0), height - 1 - np.argmax(lung[::-1], axis=0), -1)
+            image_left = self._is_image_left(lung)
+            for col in cols:
+                lateral = (cols[-1] - col if image_left else col - cols[0]) / max(cols[-1] - cols[0], 1)
+                floor = int(round(expected - self.effusion_dome_depth * (1.0 - lateral) * lung_height))
+                if lowest[col] >= 0 and floor > lowest[col]:
+                    fluid[lowest[col] + 1 : min(floor, height - 1) + 1, col] = 1.0
+        return fluid
 
     def _probability(self, lesion_map: np.ndarray, lung_area: float) -> float:
         strong = lesion_map >= self.strong_level

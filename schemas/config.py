@@ -46,6 +46,11 @@ class FusionRule(_Section):
     region: str = "reported"
     region_dilation: float = Field(0.04, ge=0, le=0.5)  # of the image's long side
     min_cardiothoracic_ratio: float | None = None  # cardiomegaly only
+    # 'lung_base' only: how far below the lung field the region reaches, as a fraction of the lung's height
+    # (fluid fills the costophrenic recess, which the aerated lung field leaves out)
+    below_depth: float = Field(0.0, ge=0, le=1)
+    # False: the mask is the prior's own component, not the refiner's (fluid has no lower edge to refine on)
+    refine: bool = True
 
     @field_validator("region")
     @classmethod

@@ -96,3 +96,23 @@ def test_empty_locations_are_those_without_prior(toy_anatomy, grounding_config):
     assert "right lung base" not in empty["pneumonia"]
     assert {"left lung", "left lung base", "right apical zone lung"} <= set(empty["pneumonia"])
     assert "cardiomegaly" not in empty
+
+
+class WholeImageRefiner:
+    """A refiner that leaks into everything (GrabCut on fluid, which has no lower edge, can do that)."""
+
+    name = "leaky"
+
+    def refine(self, image, boxes, seeds):
+        return [RefinedMask(mask=np.ones_like(seed, dtype=bool), score=0.5) for seed in seeds]
+
+
+def test_effusion_below_the_aerated_base_is_grounded_on_its_side(toy_anatomy, grounding_config):
+    # Fluid fills the costophrenic recess under the aerated lung field (rows 30-170): the mask lies below it.
+    prior = toy_prior({"effusion": blob(182, 150, 9)})
+    (g,) = ground_findings([make_finding("effusion", ["left lung"])], toy_anatomy, prior,
+                           np.zeros((200, 200), np.uint8), WholeImageRefiner(), grounding_config)
+    assert g.discard is None
+    assert g.grounded_locations == ("left lung",)
+    # the prior's component is kept as it is (no refinement for fluid) and stays on the reported side
+    assert g.mask[182, 150] and not g.mask[:, :100].any() and not g.mask[:120].any()

@@ -274,3 +274,17 @@ def test_xrv_prior_without_weights_names_the_file_and_where_to_get_it(tmp_path):
     assert "https://github.com/mlmed/torchxrayvision/releases/download/v1/" in message
     with pytest.raises(ValueError, match="unknown torchxrayvision"):
         XrvLesionPrior(weights="resnet50-res512-all", weights_dir=str(tmp_path))
+
+
+def test_blunted_costophrenic_angle_adds_fluid_below_that_lung_only(prior):
+    shape = (300, 300)
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    # Lungs whose lowest point is lateral (sharp costophrenic angles); the right one (image left) has lost its
+    # angle to fluid: its lower border (the meniscus) is highest laterally and far above the other lung's.
+    sharp_right = (xx >= 40) & (xx < 130) & (yy >= 40) & (yy < 250 - (xx - 40) * 0.3)
+    left = (xx >= 170) & (xx < 260) & (yy >= 40) & (yy < 223 + (xx - 170) * 0.3)
+    blunted_right = (xx >= 40) & (xx < 130) & (yy >= 40) & (yy < 190 + (xx - 40) * 0.2)
+    fluid = prior._subpulmonic_fluid(blunted_right, left)
+    assert fluid[215:240, 45:80].mean() > 0.9  # deepest laterally, down to the clear lung's height
+    assert not fluid[:, 150:].any() and not fluid[blunted_right].any()
+    assert not prior._subpulmonic_fluid(sharp_right, left).any()

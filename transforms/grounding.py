@@ -78,8 +78,32 @@ def _union(anatomy: AnatomyResult, names: list[str], shape: tuple[int, int]) -> 
     return out
 
 
+def _with_space_below(region: np.ndarray, anatomy: AnatomyResult, depth: float) -> np.ndarray:
+    """`region` plus, in each of its columns, the pixels below it down to `depth` × the lung's height."""
+    lungs = anatomy.masks.get(Location.LUNG.value)
+    if depth <= 0 or lungs is None or not lungs.any() or not region.any():
+        return region
+    rows = np.flatnonzero(lungs.any(axis=1))
+    reach = int(round(depth * (rows[-1] - rows[0] + 1)))
+    height = region.shape[0]
+    lowest = np.where(region.any(axis=0), height - 1 - np.argmax(region[::-1], axis=0), -1)
+    below = np.arange(height)[:, None]
+    extended = (below > lowest[None, :]) & (below <= lowest[None, :] + reach) & (lowest[None, :] >= 0)
+    return region | extended
+
+
+def _base_region(finding: Finding, anatomy: AnatomyResult, shape: tuple[int, int], rule: FusionRule) -> np.ndarray | None:
+    names = [ZONES_BY_SIDE[side][-1].value for side in _sides_of(finding.reported_locations)]
+    region = _union(anatomy, names, shape)
+    if region is None:
+        return None
+    return _with_space_below(dilate(region, _dilation_px(rule, shape)), anatomy, rule.below_depth)
+
+
 def reported_region(finding: Finding, anatomy: AnatomyResult, shape: tuple[int, int], rule: FusionRule) -> np.ndarray | None:
     """Union of the reported locations; no stated location means the whole lungs (bases for effusion)."""
+    if rule.region == "lung_base" and rule.below_depth > 0:
+        return _base_region(finding, anatomy, shape, rule)  # fluid lies at the base of whichever zone is named
     names = list(finding.reported_locations)
     if not names:
         if rule.region == "lung_base":
@@ -97,8 +121,8 @@ def clip_region(finding: Finding, anatomy: AnatomyResult, shape: tuple[int, int]
     if rule.region == "heart":
         return _union(anatomy, [Location.HEART.value], shape)
     if rule.region == "lung_base":
-        names = [ZONES_BY_SIDE[side][-1].value for side in _sides_of(finding.reported_locations)]
-    elif rule.region == "lungs":
+        return _base_region(finding, anatomy, shape, rule)
+    if rule.region == "lungs":
         names = [Location.LUNG.value]
     else:
         return reported_region(finding, anatomy, shape, rule)
@@ -216,6 +240,14 @@ def _coverage(mask: np.ndarray, region: np.ndarray | None) -> float:
     return float((mask & region).sum()) / float(mask.sum())
 
 
+def _location_region(anatomy: AnatomyResult, location: str, rule: FusionRule) -> np.ndarray | None:
+    """A location's mask, with the pleural space below it for types that fill it (effusion)."""
+    region = anatomy.masks.get(location)
+    if region is None or rule.region != "lung_base":
+        return region
+    return _with_space_below(region, anatomy, rule.below_depth)
+
+
 def verify_locations(mask: np.ndarray, finding: Finding, anatomy: AnatomyResult,
                      config: GroundingConfig) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """(grounded, unreached): reported locations holding enough of the mask, and sided locations it misses."""
@@ -224,8 +256,9 @@ def verify_locations(mask: np.ndarray, finding: Finding, anatomy: AnatomyResult,
     asked = finding.reported_locations or tuple(
         LUNG_BY_SIDE[side].value for side in ("right", "left")
     )
+    rule = _rule(config, finding.entity)
     grounded = tuple(loc for loc in asked
-                     if _coverage(mask, anatomy.masks.get(loc)) >= config.min_location_coverage)
+                     if _coverage(mask, _location_region(anatomy, loc, rule)) >= config.min_location_coverage)
     unreached = tuple(loc.value for loc in SIDED_LOCATIONS
                       if loc.value in anatomy.masks and anatomy.masks[loc.value].any()
                       and not (mask & anatomy.masks[loc.value]).any())
@@ -245,9 +278,10 @@ def fuse_and_verify(selection: Selection, refined: list[RefinedMask], anatomy: A
         kept_overlap, kept_mass = 1.0, 1.0
     else:
         mask = np.zeros_like(selection.clip_region)
+        use_refined = _rule(config, finding.entity).refine
         for cand, result in zip(selection.kept, refined):
             # a refiner that finds nothing keeps the prior's own component rather than losing the candidate
-            mask |= result.mask if result.mask.any() else cand.component
+            mask |= result.mask if use_refined and result.mask.any() else cand.component
         mask &= selection.clip_region
         source = f"{prior.backend}+{refiner_name}"
         refine_score = float(np.mean([r.score for r in refined])) if refined else 0.0
@@ -257,7 +291,7 @@ def fuse_and_verify(selection: Selection, refined: list[RefinedMask], anatomy: A
     if not mask.any():
         return Grounding(finding, None, discard=DiscardReason.REFINEMENT_EMPTY, stage=Stage.REFINE, details=details)
     grounded, unreached = verify_locations(mask, finding, anatomy, config)
-    details["location_coverage"] = {loc: round(_coverage(mask, anatomy.masks.get(loc)), 4)
+    details["location_coverage"] = {loc: round(_coverage(mask, _location_region(anatomy, loc, _rule(config, finding.entity))), 4)
                                     for loc in (finding.reported_locations or ())}
     if not grounded:
         return Grounding(finding, None, discard=DiscardReason.NOT_VERIFIED, stage=Stage.VERIFY, details=details)
