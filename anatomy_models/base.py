@@ -11,6 +11,9 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
+from pydantic import BaseModel, ValidationError
+
+from schemas.config import describe_validation_error
 
 from transforms.records import AnatomyResult, Box, LesionPrior, RefinedMask
 
@@ -62,6 +65,14 @@ class MaskRefiner(ABC):
 
         `seeds[i]` is the candidate's prior component (bool, image size), a hint for refiners that use one.
         """
+
+
+def validated_options(model: type[BaseModel], backend: str, options: dict[str, Any]) -> BaseModel:
+    """A backend's options checked by its pydantic model; a ValueError naming every bad option otherwise."""
+    try:
+        return model(**options)
+    except ValidationError as error:
+        raise ValueError(f"backend '{backend}': invalid options: {describe_validation_error(error)}") from None
 
 
 _REGISTRIES: dict[str, dict[str, Callable[..., Any]]] = {"anatomy": {}, "lesion_prior": {}, "refiner": {}}

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torchxrayvision.baseline_models import chestx_anatomy
 
-from anatomy_models.base import AnatomyBackend, register
+from anatomy_models.base import AnatomyBackend, register, validated_options
 from anatomy_models.weights import CXAS_WEIGHTS, masks_and_confidence, pick_device, resolve_weights, segment_batch
 from schemas.vocab import Location
 from transforms.records import AnatomyResult
@@ -74,11 +74,7 @@ class CxasAnatomy(AnatomyBackend):
     version = "UNet_ResNet50_default"
 
     def __init__(self, **options):
-        try:
-            self.options = CxasOptions(**options)
-        except ValidationError as error:
-            problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
-            raise ValueError(f"anatomy backend 'cxas': invalid options: {problems}") from None
+        self.options = validated_options(CxasOptions, "cxas", options)
         self.weights_path = resolve_weights(CXAS_WEIGHTS, self.options.weights_dir)  # fails now, not on a worker
         self.model: torch.nn.Module | None = None
         self.device = pick_device(self.options.device)

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torchxrayvision.baseline_models import chestx_det
 
-from anatomy_models.base import AnatomyBackend, register
+from anatomy_models.base import AnatomyBackend, register, validated_options
 from anatomy_models.weights import PSPNET_WEIGHTS, masks_and_confidence, pick_device, resolve_weights, segment_batch
 from anatomy_models.zones import ZONE_BOUNDS, lung_regions
 from schemas.vocab import Location
@@ -89,11 +89,7 @@ class PspnetAnatomy(AnatomyBackend):
     version = "pspnet_chestxray_best_model_4"
 
     def __init__(self, **options):
-        try:
-            self.options = PspnetOptions(**options)
-        except ValidationError as error:
-            problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
-            raise ValueError(f"anatomy backend 'pspnet': invalid options: {problems}") from None
+        self.options = validated_options(PspnetOptions, "pspnet", options)
         self.weights_path = resolve_weights(PSPNET_WEIGHTS, self.options.weights_dir)  # fails now, not on a worker
         self.model: torch.nn.Module | None = None
         self.device = pick_device(self.options.device)

@@ -12,7 +12,7 @@ from pydantic import ValidationError
 
 from configs import CONFIG_DIR, VOCABULARY_DIR
 from pipeline.errors import UserError
-from schemas.config import PipelineConfig
+from schemas.config import PipelineConfig, describe_validation_error
 
 
 @dataclass(frozen=True)
@@ -91,8 +91,7 @@ def load_config(name_or_path: str = "classical", overrides: list[str] | None = N
     try:
         config = PipelineConfig.model_validate(data)
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-        raise UserError(f"config {path} is invalid: {problems}") from None
+        raise UserError(f"config {path} is invalid: {describe_validation_error(exc)}") from None
     digest = hashlib.sha256(json.dumps(config.model_dump(mode="json"), sort_keys=True).encode())
     digest.update(vocabulary_path(config.structuring.vocabulary).read_bytes())
     return LoadedConfig(config=config, source=str(path), config_hash=digest.hexdigest()[:16])

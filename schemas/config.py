@@ -12,6 +12,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from schemas.vocab import FRONTAL_VIEWS, InstructionType, LesionType, Location, NegativeKind
 
 
+def describe_validation_error(error: ValidationError) -> str:
+    """One line naming each invalid field and why (for errors the user fixes in a config)."""
+    return "; ".join(f"{'.'.join(map(str, e['loc'])) or 'value'}: {e['msg']}" for e in error.errors())
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
