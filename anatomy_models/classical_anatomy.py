@@ -18,7 +18,8 @@ Method (at a fixed working size, 256 px on the long side by default):
 6. Heart: the gap between the two aerated lungs' medial borders from the hilum down to the higher of
    the two lung bottoms, convex-filled. Mediastinum: the gap between the lungs from the apices down to
    the heart's bottom (cardiomediastinal silhouette, heart included). Diaphragm: a band under each
-   lung's lower border. Zones come from `zones.py`.
+   lung's lower border. Retrocardiac lung (an extra structure): the part of the left lung field that was
+   carried down rather than seen aerated, which the film shows as soft tissue. Zones come from `zones.py`.
 
 Confidence is a plausibility score in [0, 1] (size, height and left/right balance of the lung fields),
 not a calibrated probability; a blank or non-chest image gets empty masks and confidence 0.
@@ -30,15 +31,16 @@ from collections.abc import Sequence
 
 import cv2
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from anatomy_models.base import AnatomyBackend, register
+from anatomy_models.base import AnatomyBackend, register, validated_options
 from anatomy_models.zones import ZONE_BOUNDS, lower_border_band, lung_regions
 from schemas.vocab import Location
 from transforms.records import AnatomyResult
 
 # Geometry, as fractions of the working image's long side unless said otherwise (tuned on whole-image
 # behaviour of the dev radiographs, not per image).
+RETROCARDIAC_LUNG = "retrocardiac lung"  # extra structure: lung field carried behind the heart, not seen aerated
 _BLUR_SIGMA = 3.0 / 256
 _OPENING = 8.0 / 256  # opening diameter that cuts bridges from lung to neck/soft tissue/tubes
 _NEIGHBOURHOOD = 0.4  # of the image width: box size of the local mean a lung pixel must be darker than
@@ -247,8 +249,8 @@ def _lung_confidence(lung: np.ndarray, other: np.ndarray) -> float:
 def segment_lungs_and_heart(image: np.ndarray, work_size: int = 256, clahe_clip: float = 2.0) -> dict[str, np.ndarray]:
     """Right lung, left lung, aerated left lung, heart, mediastinum and diaphragm at the working size.
 
-    Keys: 'right lung', 'left lung', 'heart', 'mediastinum', 'diaphragm' (bool masks at the working
-    size, whose long side is `work_size`).
+    Keys: 'right lung', 'left lung', 'heart', 'mediastinum', 'diaphragm', 'retrocardiac lung' (bool masks at
+    the working size, whose long side is `work_size`).
     """
     image = np.asarray(image)
     if image.ndim != 2:
@@ -295,6 +297,9 @@ def segment_lungs_and_heart(image: np.ndarray, work_size: int = 256, clahe_clip:
         heart = _convex_fill(_cap_right_border(heart, midline))
         mediastinum = _gap_between(aerated["right"], aerated["left"], min(right_top, left_top), heart_bottom) | heart
 
+    # The part of the left lung field that was carried down, not seen aerated: behind the heart and under the
+    # dome. It is lung by convention, but the film shows soft tissue there.
+    retrocardiac = lungs["left"] & ~cv2.dilate(aerated["left"].astype(np.uint8), dilation).astype(bool)
     both = lungs["right"] | lungs["left"]
     diaphragm = lower_border_band(both, max(1, int(round(_DIAPHRAGM_THICKNESS * work_h)))) & ~both
     return {
@@ -303,6 +308,7 @@ def segment_lungs_and_heart(image: np.ndarray, work_size: int = 256, clahe_clip:
         Location.HEART.value: heart,
         "mediastinum": mediastinum,
         "diaphragm": diaphragm,
+        RETROCARDIAC_LUNG: retrocardiac,
     }
 
 
@@ -328,11 +334,7 @@ class ClassicalAnatomy(AnatomyBackend):
     version = "1"
 
     def __init__(self, **options):
-        try:
-            self.options = ClassicalOptions(**options)
-        except ValidationError as error:
-            problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
-            raise ValueError(f"anatomy backend 'classical': invalid options: {problems}") from None
+        self.options = validated_options(ClassicalOptions, "classical", options)
 
     def segment(self, images: Sequence[np.ndarray]) -> list[AnatomyResult]:
         return [self.segment_one(image) for image in images]
@@ -344,7 +346,7 @@ class ClassicalAnatomy(AnatomyBackend):
         structures = {name: _resize_mask(mask, height, width) for name, mask in structures.items()}
         right, left = structures[Location.RIGHT_LUNG.value], structures[Location.LEFT_LUNG.value]
         masks = lung_regions(right, left, self.options.zone_bounds)
-        for name in (Location.HEART.value, "mediastinum", "diaphragm"):
+        for name in (Location.HEART.value, "mediastinum", "diaphragm", RETROCARDIAC_LUNG):
             masks[name] = structures[name]
 
         side_confidence = {"right": _lung_confidence(right, left), "left": _lung_confidence(left, right)}

@@ -11,8 +11,10 @@ vessels, apices under the clavicles — is denser than the darkest lung but simi
 bounded, which is what the pooled position-wise baseline and its cap absorb.
 
 Per type: opacity / pneumonia / consolidation are focal dense regions (consolidation needs more
-density); atelectasis favours the bases and horizontal bands; edema is density present on both sides
-at mirrored positions, strongest perihilar; effusion is dense fluid layering up from the lung base
+density); atelectasis favours the bases and horizontal bands; edema is haze present on both sides
+at mirrored positions against the lung's darkest part (not the position-wise baseline, which a haze over
+most of the lung would raise), strongest perihilar, and only when most of the perihilar field is hazy;
+lung that the anatomy marks as seen through soft tissue (retrocardiac) is left out of the field; effusion is dense fluid layering up from the lung base
 (filled from the bottom, strongest laterally, spilling just beyond the lung outline at the
 costophrenic angle); cardiomegaly is the heart mask scaled by the cardiothoracic-ratio evidence.
 """
@@ -26,6 +28,7 @@ import numpy as np
 from scipy import ndimage
 
 from anatomy_models.base import LesionPriorBackend, register
+from anatomy_models.classical_anatomy import RETROCARDIAC_LUNG
 from schemas.vocab import LesionType, Location
 from transforms.grounding import cardiothoracic_ratio
 from transforms.masks import resize_mask
@@ -142,12 +145,21 @@ class ClassicalLesionPrior(LesionPriorBackend):
         # contrast than clean ones.
         opacity_density: tuple[float, float] = (0.08, 0.22),
         consolidation_density: tuple[float, float] = (0.2, 0.4),
-        edema_density: tuple[float, float] = (0.06, 0.18),
         effusion_density: tuple[float, float] = (0.2, 0.4),
         noise_levels: tuple[float, float] = (1.5, 3.0),
         atelectasis_band_ratio: float = 3.0,  # horizontal / vertical smoothing for band shapes
         atelectasis_apex_weight: float = 0.5,  # weight at the apex, rising to 1 at the base
         edema_lateral_weight: float = 0.4,  # weight at the lateral edge, 1 at the hilum
+        # Edema is haze over most of both lungs, which the position-wise baseline absorbs: it is judged against
+        # the lung's darkest part (this quantile of the smoothed lung), away from the outline (where chest wall and
+        # mediastinum overlap the lung; ramped in over these relative depths), and only where the perihilar
+        # field as a whole is hazy on both sides (median bilateral density there, ramped between these levels).
+        edema_reference_quantile: float = 0.05,
+        edema_smoothing: float = 0.04,
+        edema_outline_depth: tuple[float, float] = (0.03, 0.12),
+        edema_haze_density: tuple[float, float] = (0.1, 0.25),
+        edema_presence: tuple[float, float] = (0.12, 0.2),
+        edema_perihilar_height: tuple[float, float] = (0.25, 0.85),  # relative heights of the perihilar field
         effusion_base_start: float = 0.5,  # relative height where effusion evidence starts to count
         effusion_base_full: float = 0.8,
         effusion_fill_level: float = 0.2,  # evidence that counts as fluid when filling up from the base
@@ -173,12 +185,17 @@ class ClassicalLesionPrior(LesionPriorBackend):
         self.contralateral_weight = contralateral_weight
         self.opacity_density = tuple(opacity_density)
         self.consolidation_density = tuple(consolidation_density)
-        self.edema_density = tuple(edema_density)
         self.effusion_density = tuple(effusion_density)
         self.noise_levels = tuple(noise_levels)
         self.atelectasis_band_ratio = atelectasis_band_ratio
         self.atelectasis_apex_weight = atelectasis_apex_weight
         self.edema_lateral_weight = edema_lateral_weight
+        self.edema_reference_quantile = edema_reference_quantile
+        self.edema_smoothing = edema_smoothing
+        self.edema_outline_depth = tuple(edema_outline_depth)
+        self.edema_haze_density = tuple(edema_haze_density)
+        self.edema_presence = tuple(edema_presence)
+        self.edema_perihilar_height = tuple(edema_perihilar_height)
         self.effusion_base_start = effusion_base_start
         self.effusion_base_full = effusion_base_full
         self.effusion_fill_level = effusion_fill_level
@@ -200,7 +217,9 @@ class ClassicalLesionPrior(LesionPriorBackend):
         right = _mask(anatomy, Location.RIGHT_LUNG, shape)
         left = _mask(anatomy, Location.LEFT_LUNG, shape)
         heart = _mask(anatomy, Location.HEART, shape)
-        mediastinum = _mask(anatomy, "mediastinum", shape)
+        # Lung field that the film shows as soft tissue (carried behind the heart and under the dome, when the
+        # anatomy backend marks it) is left out of the field with the heart and mediastinum.
+        mediastinum = _mask(anatomy, "mediastinum", shape) | _mask(anatomy, RETROCARDIAC_LUNG, shape)
         maps = {lesion.value: np.zeros(shape, np.float32) for lesion in LesionType}
         probabilities = {lesion.value: 0.0 for lesion in LesionType}
         if right.any() and left.any():
@@ -282,11 +301,7 @@ class ClassicalLesionPrior(LesionPriorBackend):
         base_weight = self.atelectasis_apex_weight + (1 - self.atelectasis_apex_weight) * frame.v
         maps[LesionType.ATELECTASIS.value] = ramp(band, *opacity_levels) * base_weight * field
 
-        # Edema: density on both sides at mirrored points (the lower of the two), strongest at the hila.
-        mirrored_expected = sample_at(vs_expected, frame.mirror_x, frame.mirror_y)
-        bilateral = np.where(mirror_valid, np.minimum(vs_expected, mirrored_expected), 0.0)
-        perihilar = 1.0 - (1.0 - self.edema_lateral_weight) * frame.u
-        maps[LesionType.EDEMA.value] = ramp(bilateral, *self._levels(self.edema_density, spread)) * perihilar * field
+        maps[LesionType.EDEMA.value] = self._edema(image, frame, heart, mirror_valid)
 
         effusion_levels = self._levels(self.effusion_density, spread)
         maps[LesionType.EFFUSION.value] = self._effusion(vs_expected, effusion_levels, frame, heart | mediastinum, max(image.shape), (right, left))
@@ -295,6 +310,25 @@ class ClassicalLesionPrior(LesionPriorBackend):
         for lesion in (LesionType.OPACITY, LesionType.PNEUMONIA, LesionType.CONSOLIDATION, LesionType.ATELECTASIS,
                        LesionType.EDEMA, LesionType.EFFUSION):
             probabilities[lesion.value] = self._probability(maps[lesion.value], lung_area)
+
+    def _edema(self, image: np.ndarray, frame: LungFrame, heart: np.ndarray, mirror_valid: np.ndarray) -> np.ndarray:
+        """Haze on both sides at mirrored points (the lower of the two) against the lung's darkest part,
+        strongest at the hila, gated by how hazy the perihilar field is as a whole: normal hila and vessels
+        are dense only in small parts of it, edema in most of it."""
+        local = masked_gaussian(image, frame.field, self.edema_smoothing * max(image.shape))
+        reference = float(np.quantile(local[frame.field], self.edema_reference_quantile))
+        tissue = float(np.median(image[heart])) if heart.any() else float(np.quantile(image[frame.lungs], 0.95))
+        density = (local - reference) / max(tissue - reference, self.min_contrast)
+        mirrored = sample_at(density.astype(np.float32), frame.mirror_x, frame.mirror_y)
+        bilateral = np.where(mirror_valid, np.minimum(density, mirrored), 0.0)
+        low, high = self.edema_perihilar_height
+        perihilar_field = mirror_valid & (frame.u < 0.5) & (frame.v >= low) & (frame.v <= high)
+        if perihilar_field.sum() < 20:
+            return np.zeros(image.shape, np.float32)
+        presence = float(ramp(np.float32(np.median(bilateral[perihilar_field])), *self.edema_presence))
+        perihilar = 1.0 - (1.0 - self.edema_lateral_weight) * frame.u
+        inside = ramp(frame.depth, *self.edema_outline_depth)
+        return (ramp(bilateral, *self.edema_haze_density) * perihilar * inside * presence * frame.field).astype(np.float32)
 
     def _levels(self, density: tuple[float, float], spread: float) -> tuple[float, float]:
         return max(density[0], self.noise_levels[0] * spread), max(density[1], self.noise_levels[1] * spread)

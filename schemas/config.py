@@ -56,6 +56,9 @@ class FusionRule(_Section):
     below_depth: float = Field(0.0, ge=0, le=1)
     # False: the mask is the prior's own component, not the refiner's (fluid has no lower edge to refine on)
     refine: bool = True
+    # a refined mask that agrees less than this with its candidate (the refiner's score) is replaced by the
+    # candidate's prior component: a refiner that drifts onto look-alike tissue is worse than the prior
+    min_refine_score: float = Field(0.0, ge=0, le=1)
 
     @field_validator("region")
     @classmethod

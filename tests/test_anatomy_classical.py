@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torchxrayvision
 
-from anatomy_models.classical_anatomy import ClassicalAnatomy
+from anatomy_models.classical_anatomy import RETROCARDIAC_LUNG, ClassicalAnatomy
 from anatomy_models.zones import ZONE_BOUNDS, lung_zones
 from schemas.vocab import LUNG_BY_SIDE, ZONES_BY_SIDE, Location
 
@@ -86,6 +86,16 @@ def test_heart_lies_between_the_lungs_in_the_lower_chest(real_results):
         lung_rows = np.flatnonzero(result.masks[Location.LUNG.value].any(axis=1))
         assert heart_y.mean() > (lung_rows[0] + lung_rows[-1]) / 2
         assert result.masks["mediastinum"][heart].all()
+
+
+def test_retrocardiac_lung_is_the_lower_medial_left_lung(real_results):
+    for result in real_results:
+        retrocardiac, left = result.masks[RETROCARDIAC_LUNG], result.masks[Location.LEFT_LUNG.value]
+        assert not (retrocardiac & ~left).any()
+        assert retrocardiac.sum() < 0.3 * left.sum()
+        if retrocardiac.any():
+            rows = np.flatnonzero(left.any(axis=1))
+            assert np.nonzero(retrocardiac)[0].mean() > (rows[0] + rows[-1]) / 2
 
 
 def test_blank_images_give_empty_masks_with_zero_confidence():

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from pipeline.config import load_config
-from schemas.vocab import DiscardReason
+from schemas.vocab import DiscardReason, LesionType
 from transforms.grounding import (
     cardiothoracic_ratio,
     empty_locations,
@@ -68,6 +68,32 @@ def test_refiner_called_once_per_image_for_all_boxes(toy_anatomy, grounding_conf
     assert refiner.calls == 1
     assert out[0].grounded_locations == ("right lung base", "left lung base")
     assert out[1].grounded_locations == ("right lung",)  # no stated location: the lungs it lies in
+
+
+class DriftingRefiner:
+    """Returns a sliver far from each candidate with a low agreement score, as a refiner that lost the lesion."""
+
+    name = "drifting"
+
+    def refine(self, image, boxes, seeds):
+        out = []
+        for seed in seeds:
+            sliver = np.zeros_like(seed, dtype=bool)
+            sliver[60:62, 20:24] = True
+            out.append(RefinedMask(mask=sliver, score=0.05))
+        return out
+
+
+def test_refined_mask_that_left_its_candidate_falls_back_to_the_prior_component(toy_anatomy, grounding_config):
+    prior = toy_prior({"opacity": blob(150, 60, 12)})
+    finding = make_finding("opacity", ["right lung base"])
+    image = np.zeros((200, 200), np.uint8)
+    (g,) = ground_findings([finding], toy_anatomy, prior, image, DriftingRefiner(), grounding_config)
+    assert g.mask[150, 60] and not g.mask[60:62, 20:24].any()
+    trusting = grounding_config.model_copy(deep=True)
+    trusting.fusion[LesionType.OPACITY].min_refine_score = 0.0
+    (g,) = ground_findings([finding], toy_anatomy, prior, image, DriftingRefiner(), trusting)
+    assert g.discard is not None or not g.mask[150, 60]
 
 
 def test_cardiomegaly_needs_the_cardiothoracic_ratio(toy_anatomy, grounding_config):

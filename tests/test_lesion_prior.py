@@ -10,6 +10,7 @@ import cv2
 import numpy as np
 import pytest
 
+from anatomy_models.classical_anatomy import RETROCARDIAC_LUNG
 from anatomy_models.classical_prior import ClassicalLesionPrior
 from schemas.vocab import LUNG_BY_SIDE, ZONES_BY_SIDE, LesionType, Location
 from transforms.records import AnatomyResult
@@ -153,6 +154,33 @@ def test_bilateral_perihilar_haze_is_edema(prior):
     assert edema[anatomy.masks["left lung"]].sum() > 0.3 * edema.sum()
     near = cv2.dilate(haze.astype(np.uint8), np.ones((9, 9), np.uint8)).astype(bool)
     assert edema[near].sum() / edema.sum() > 0.8
+
+
+def test_dense_hila_alone_are_not_edema(prior):
+    image, anatomy = frontal_phantom()
+    # Normal hila: small dense spots at mirrored perihilar points, most of the perihilar field aerated.
+    hila = ellipse(image.shape, 140, 118, 10, 7) | ellipse(image.shape, 140, 182, 10, 7)
+    (result,) = prior.predict([to_uint8(add_lesion(image, hila, density=0.4))], [anatomy])
+    assert result.probabilities["edema"] < 0.15
+
+
+def test_lung_marked_retrocardiac_is_not_judged_as_aerated_lung(prior):
+    image, anatomy = frontal_phantom()
+    # A dense block at the left base, as abdomen under a lung field carried down below the dome looks.
+    block = np.zeros(image.shape, bool)
+    block[230:265, 175:230] = True
+    block &= anatomy.masks["left lung"]
+    dense = to_uint8(add_lesion(image, block, density=0.45))
+    (unmarked,) = prior.predict([dense], [anatomy])
+    marked_anatomy = AnatomyResult(masks=anatomy.masks | {RETROCARDIAC_LUNG: block}, confidence=anatomy.confidence,
+                                   backend=anatomy.backend, version=anatomy.version)
+    (marked,) = prior.predict([dense], [marked_anatomy])
+    assert unmarked.maps["opacity"][block].mean() > 0.5
+    # effusion may spill a little past the field's outline (fluid fills the pleural rim); the rest stops there
+    assert marked.maps["effusion"][block].mean() < 0.1
+    for lesion in set(LUNG_TYPES) - {"effusion"}:
+        assert marked.maps[lesion][block].max() == 0, lesion
+        assert marked.probabilities[lesion] < 0.15, lesion
 
 
 def test_cardiomegaly_probability_rises_with_heart_width(prior):

@@ -278,10 +278,11 @@ def fuse_and_verify(selection: Selection, refined: list[RefinedMask], anatomy: A
         kept_overlap, kept_mass = 1.0, 1.0
     else:
         mask = np.zeros_like(selection.clip_region)
-        use_refined = _rule(config, finding.entity).refine
+        rule = _rule(config, finding.entity)
         for cand, result in zip(selection.kept, refined):
-            # a refiner that finds nothing keeps the prior's own component rather than losing the candidate
-            mask |= result.mask if use_refined and result.mask.any() else cand.component
+            # a refiner that finds nothing, or drifts away from the candidate, keeps the prior's own component
+            use_refined = rule.refine and result.mask.any() and result.score >= rule.min_refine_score
+            mask |= result.mask if use_refined else cand.component
         mask &= selection.clip_region
         source = f"{prior.backend}+{refiner_name}"
         refine_score = float(np.mean([r.score for r in refined])) if refined else 0.0
