@@ -13,12 +13,27 @@ from pipeline.errors import UserError
 DEMO_STUDIES = 40
 
 
+def _print_counters(summary) -> None:
+    if summary.counters:
+        print("counters: " + ", ".join(f"{name}={value}" for name, value in summary.counters.items()))
+    if summary.stage_timings:
+        print("stage timings: " + ", ".join(f"{stage} {t['ms_per_element']:.1f} ms x {t['elements']}"
+                                            for stage, t in summary.stage_timings.items()))
+
+
 def _print_run(summary) -> None:
     print(f"run directory: {summary.out_dir}")
+    rate = summary.n_studies / summary.seconds if summary.seconds else float("nan")
+    if summary.n_parts > 1 or summary.parts_skipped:
+        print(f"parts run: {summary.parts_run or 'none'}, skipped (complete): {summary.parts_skipped or 'none'}; "
+              f"{len(summary.parts_complete)} of {summary.n_parts} parts complete")
+    print(f"pipeline: {summary.n_studies} studies in {summary.seconds:.1f} s ({rate:.2f} studies/s)")
+    if not summary.finished:
+        print("the tables, manifest and checks are finished when the last part completes")
+        return
     for name, count in summary.counts.items():
         print(f"  {name:<10} {count:>7} rows   {summary.out_dir / name}")
-    rate = summary.n_studies / summary.seconds if summary.seconds else float("nan")
-    print(f"pipeline: {summary.n_studies} studies in {summary.seconds:.1f} s ({rate:.2f} studies/s)")
+    _print_counters(summary)
     if summary.problems:
         print(f"contract check: {len(summary.problems)} problems, first: {summary.problems[0]}")
     else:
@@ -44,10 +59,13 @@ def cmd_synth(args) -> int:
 
 def cmd_run(args, beam_args: list[str]) -> int:
     from pipeline.config import load_config
-    from pipeline.run import run_pipeline
+    from pipeline.run import parse_partition, run_pipeline
 
+    if args.overwrite and args.resume:
+        raise UserError("--overwrite and --resume exclude each other: pick one")
+    partition = parse_partition(args.partition) if args.partition else None
     summary = run_pipeline(Path(args.input), Path(args.output), load_config(args.config, args.set), beam_args,
-                           overwrite=args.overwrite)
+                           overwrite=args.overwrite, resume=args.resume, partition=partition)
     _print_run(summary)
     return 1 if _run_failed(summary) else 0
 
@@ -186,7 +204,13 @@ def _parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run the pipeline; unknown options go to Beam (e.g. --runner, --direct_num_workers)")
     run.add_argument("--input", required=True, help="corpus root (MIMIC-CXR-JPG layout)")
     run.add_argument("--output", required=True, help="run directory")
-    run.add_argument("--overwrite", action="store_true", help="replace the tables of an existing run directory")
+    run.add_argument("--overwrite", action="store_true",
+                     help="replace an existing run directory (with --partition: that part of it)")
+    run.add_argument("--resume", action="store_true",
+                     help="skip the parts of an existing run directory that are complete; re-run the others")
+    run.add_argument("--partition", metavar="I/N",
+                     help="run part I (0 <= I < N) of N, split by a stable hash of subject_id; the last part to "
+                          "complete writes the manifest and runs the checks")
     config_args(run)
 
     demo = sub.add_parser("demo", help="synthesise a small corpus and run the classical pipeline on it")

@@ -2,7 +2,10 @@
 from __future__ import annotations
 
 import math
+import sys
+import time
 import traceback
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,14 +19,29 @@ from schemas.config import PipelineConfig
 from schemas.vocab import Stage
 from transforms.grounding import empty_locations, ground_findings
 from transforms.image_results import ImageResult, encode_grounding
-from transforms.images import decode_for_models
+from transforms.images import MAX_IMAGE_PIXELS, decode_for_models
 from transforms.pairs import build_study_outputs
 from transforms.records import ErrorRecord, Finding, ImageRef, Study
 from transforms.structuring import ReportText, RuleStructurer, load_vocabulary
+from pipeline.corpus import CorpusIndex, report_path
 from pipeline.writers import shard_of, write_shard
 
 ERRORS = "errors"
 FINDINGS = "findings"
+NAMESPACE = "mimic_ils"  # counters: studies_read, findings, images_grounded, pairs_*, discarded.<reason>, ...
+TIMING_NAMESPACE = "mimic_ils_stage_ms"  # distributions: milliseconds per element, one per stage
+
+
+@contextmanager
+def timed(stage: str, n_elements: int = 1):
+    """Adds the block's wall time to the stage's distribution, split evenly over the elements it handled."""
+    started = time.perf_counter()
+    yield
+    if n_elements:
+        per_element = round((time.perf_counter() - started) * 1000 / n_elements)
+        timing = Metrics.distribution(TIMING_NAMESPACE, stage)
+        for _ in range(n_elements):
+            timing.update(per_element)
 
 
 def error_record(stage: Stage, key: str, study_id: str | None, input_path: str | None, exc: BaseException) -> ErrorRecord:
@@ -44,25 +62,25 @@ class ImageTask:
 
 
 class ReadReports(beam.DoFn):
-    """Study -> (study, report text or None); unreadable reports go to the errors output."""
+    """Study -> (study, report text or None); missing or unreadable reports go to the errors output."""
 
     def __init__(self, root: str):
         self._root = root
-        self._read = Metrics.counter("mimic_ils", "studies_read")
+        self._read = Metrics.counter(NAMESPACE, "studies_read")
 
     def process(self, study: Study):
         self._read.inc()
-        if study.report_path is None:
-            yield study, None
-            return
-        path = Path(self._root) / study.report_path
         try:
-            text = path.read_bytes().decode("utf-8")
+            with timed(Stage.READ.value):
+                if study.report_path is None:
+                    raise FileNotFoundError("no report file for this study (files/pXX/pSUBJECT/sSTUDY.txt)")
+                text = (Path(self._root) / study.report_path).read_bytes().decode("utf-8")
             if not text.strip():
                 raise ValueError("report file is empty")
         except (OSError, UnicodeDecodeError, ValueError) as exc:
+            path = study.report_path or report_path(study.subject_id, study.study_id)  # where it should be
             yield beam.pvalue.TaggedOutput(ERRORS, error_record(Stage.READ, study.report_id or study.study_id,
-                                                                study.study_id, study.report_path, exc))
+                                                                study.study_id, path, exc))
             yield study, None
             return
         yield study, text
@@ -73,7 +91,7 @@ class StructureReports(beam.DoFn):
 
     def __init__(self, vocabulary: str, handle: shared.Shared):
         self._vocabulary, self._handle = vocabulary, handle
-        self._findings = Metrics.counter("mimic_ils", "findings")
+        self._findings = Metrics.counter(NAMESPACE, "findings")
 
     def setup(self):
         self._structurer = self._handle.acquire(lambda: RuleStructurer(load_vocabulary(self._vocabulary)),
@@ -82,8 +100,9 @@ class StructureReports(beam.DoFn):
     def process(self, batch):
         readable = [(s, t) for s, t in batch if t is not None]
         try:
-            results = self._structurer.structure(
-                [ReportText(report_id=s.report_id or s.study_id, study_id=s.study_id, text=t) for s, t in readable])
+            with timed(Stage.STRUCTURE.value, len(readable)):
+                results = self._structurer.structure(
+                    [ReportText(report_id=s.report_id or s.study_id, study_id=s.study_id, text=t) for s, t in readable])
         except Exception:  # one bad report must not sink the batch: retry one by one
             results = []
             for study, text in readable:
@@ -144,12 +163,14 @@ class _BackendStage(beam.DoFn):
 
 
 class DecodeImages(beam.DoFn):
-    def __init__(self, root: str, work_size: int):
-        self._root, self._work_size = root, work_size
+    def __init__(self, root: str, work_size: int, max_pixels: int):
+        self._root, self._work_size, self._max_pixels = root, work_size, max_pixels
 
     def process(self, task: ImageTask):
         try:
-            task.pixels, task.source_size = decode_for_models(Path(self._root) / task.image.path, self._work_size)
+            with timed(Stage.DECODE.value):
+                task.pixels, task.source_size = decode_for_models(Path(self._root) / task.image.path, self._work_size,
+                                                                  self._max_pixels)
         except Exception as exc:
             task.result = ImageResult(task.study_id, task.image.dicom_id, task.image.path,
                                       error=error_record(Stage.DECODE, task.image.dicom_id, task.study_id, task.image.path, exc))
@@ -166,7 +187,9 @@ class SegmentAnatomy(_BackendStage):
     def process(self, batch: list[ImageTask]):
         todo = _pending(batch)
         try:
-            for task, anatomy in zip(todo, self._model.segment([t.pixels for t in todo])):
+            with timed(Stage.ANATOMY.value, len(todo)):
+                anatomies = self._model.segment([t.pixels for t in todo]) if todo else []
+            for task, anatomy in zip(todo, anatomies):
                 task.anatomy = anatomy
         except Exception as exc:
             for task in todo:
@@ -180,7 +203,8 @@ class PredictLesionPrior(_BackendStage):
     def process(self, batch: list[ImageTask]):
         todo = _pending(batch)
         try:
-            priors = self._model.predict([t.pixels for t in todo], [t.anatomy for t in todo])
+            with timed(Stage.LESION_PRIOR.value, len(todo)):
+                priors = self._model.predict([t.pixels for t in todo], [t.anatomy for t in todo]) if todo else []
             for task, prior in zip(todo, priors):
                 task.prior = prior
         except Exception as exc:
@@ -197,28 +221,51 @@ class GroundAndVerify(_BackendStage):
     def __init__(self, backend: str, options: dict, handle: shared.Shared, config: PipelineConfig):
         super().__init__(backend, options, handle)
         self._config = config
-        self._images = Metrics.counter("mimic_ils", "images_grounded")
+        self._images = Metrics.counter(NAMESPACE, "images_grounded")
 
     def process(self, task: ImageTask):
         if task.result is None:
             try:
-                groundings = ground_findings(task.findings, task.anatomy, task.prior, task.pixels, self._model,
-                                             self._config.grounding)
+                with timed(Stage.REFINE.value):  # candidates, c1-c4, refinement, verification
+                    groundings = ground_findings(task.findings, task.anatomy, task.prior, task.pixels, self._model,
+                                                 self._config.grounding)
+                    empty = empty_locations(task.prior, task.anatomy, self._config.grounding)
                 height, width = task.source_size
                 unions = [[loc.value for loc in u] for u in self._config.pairs.location_unions]
-                task.result = ImageResult(
-                    task.study_id, task.image.dicom_id, task.image.path, height, width,
-                    findings=[encode_grounding(g, task.anatomy, height, width, unions) for g in groundings],
-                    empty_locations=empty_locations(task.prior, task.anatomy, self._config.grounding))
+                with timed("encode"):  # masks back to source resolution, as RLE
+                    encoded = [encode_grounding(g, task.anatomy, height, width, unions) for g in groundings]
+                task.result = ImageResult(task.study_id, task.image.dicom_id, task.image.path, height, width,
+                                          findings=encoded, empty_locations=empty)
                 self._images.inc()
             except Exception as exc:
                 self._fail(task, exc)
         yield task.study_id, task.result
 
 
+class _Progress:
+    """`studies done/total` on stderr, at most once a second: for in-process local runs on a terminal."""
+
+    done = 0
+    last = 0.0
+
+    @classmethod
+    def advance(cls, total: int) -> None:
+        cls.done += 1
+        now = time.monotonic()
+        if now - cls.last >= 1.0 or cls.done >= total:
+            cls.last = now
+            end = "\n" if cls.done >= total else ""
+            print(f"\rstudies done: {cls.done}/{total}", end=end, file=sys.stderr, flush=True)
+
+
 class BuildStudyOutputs(beam.DoFn):
-    def __init__(self, config: PipelineConfig):
-        self._config = config
+    def __init__(self, config: PipelineConfig, progress_total: int | None = None):
+        self._config, self._progress_total = config, progress_total
+        self._pairs = {True: Metrics.counter(NAMESPACE, "pairs_positive"),
+                       False: Metrics.counter(NAMESPACE, "pairs_negative")}
+
+    def setup(self):
+        _Progress.done = 0
 
     def process(self, item):
         _, grouped = item
@@ -226,31 +273,52 @@ class BuildStudyOutputs(beam.DoFn):
         for study in grouped["study"]:
             findings = grouped["findings"][0] if grouped["findings"] else []
             n_frontal = sum(1 for i in study.images if i.view_position in self._config.corpus.frontal_views)
-            out = build_study_outputs(study, findings, list(grouped["images"]), list(grouped["errors"]), n_frontal,
-                                      self._config.pairs)
+            with timed(Stage.PAIRS.value):
+                out = build_study_outputs(study, findings, list(grouped["images"]), list(grouped["errors"]), n_frontal,
+                                          self._config.pairs)
+            for row in out.pairs:
+                self._pairs[row["is_positive"]].inc()
+            for row in out.discarded:
+                Metrics.counter(NAMESPACE, f"discarded.{row['reason']}").inc()
+            Metrics.counter(NAMESPACE, f"studies.{out.study_row['status']}").inc()
             for table, rows in (("pairs", out.pairs), ("masks", out.masks), ("discarded", out.discarded),
                                 ("studies", [out.study_row])):
                 for row in rows:
                     yield beam.pvalue.TaggedOutput(table, row)
+            if self._progress_total:
+                _Progress.advance(self._progress_total)
+
+
+def error_row(error: ErrorRecord) -> dict:
+    Metrics.counter(NAMESPACE, f"errors.{error.stage}").inc()
+    return error.as_row()
 
 
 class WriteTable(beam.PTransform):
-    """Rows -> `OUT/<table>/part-NNNNN.parquet`, shard chosen by a stable hash of study_id, rows sorted."""
+    """Rows -> `OUT/<table>/<prefix>NNNNN.parquet`, shard chosen by a stable hash of study_id, rows sorted."""
 
-    def __init__(self, table: str, out_dir: str, n_shards: int, row_group_rows: int, compression: str):
+    def __init__(self, table: str, out_dir: str, n_shards: int, row_group_rows: int, compression: str,
+                 prefix: str = "part-"):
         super().__init__(label=f"Write {table}")
         self._table, self._out, self._n = table, out_dir, n_shards
-        self._row_group_rows, self._compression = row_group_rows, compression
+        self._row_group_rows, self._compression, self._prefix = row_group_rows, compression, prefix
 
     def expand(self, rows):
-        table, out, n, rg, comp = self._table, self._out, self._n, self._row_group_rows, self._compression
+        table, out, n, rg, comp, prefix = (self._table, self._out, self._n, self._row_group_rows, self._compression,
+                                           self._prefix)
         return (rows
                 | "Shard" >> beam.Map(lambda r: (shard_of(r.get("study_id"), n), r))
                 | "Group" >> beam.GroupByKey()
-                | "Write" >> beam.MapTuple(lambda shard, group: write_shard(out, table, shard, list(group), rg, comp)))
+                | "Write" >> beam.MapTuple(lambda shard, group: write_shard(out, table, shard, list(group), rg, comp,
+                                                                            prefix)))
 
 
-def build_pipeline(p: beam.Pipeline, studies: list[Study], root: str, out_dir: str, config: PipelineConfig) -> None:
+def build_pipeline(p: beam.Pipeline, corpus: CorpusIndex | list[Study], root: str, out_dir: str, config: PipelineConfig,
+                   prefix: str = "part-", max_pixels: int = MAX_IMAGE_PIXELS, progress: bool = False) -> None:
+    """The whole DAG on `p`; `prefix` names this run's (or this part's) shard files."""
+    if not isinstance(corpus, CorpusIndex):
+        corpus = CorpusIndex(list(corpus))
+    studies = corpus.studies
     n_shards = max(1, math.ceil(len(studies) / config.output.studies_per_shard))
     batch = {"min_batch_size": 1, "max_batch_size": config.vision.batch_size}
 
@@ -264,7 +332,7 @@ def build_pipeline(p: beam.Pipeline, studies: list[Study], root: str, out_dir: s
     tasks = (structured.structured
              | "Image tasks" >> beam.ParDo(ImageTasks(root, config.corpus.frontal_views)).with_outputs(ERRORS, main="tasks"))
     images = (tasks.tasks
-              | "Decode" >> beam.ParDo(DecodeImages(root, config.vision.work_size))
+              | "Decode" >> beam.ParDo(DecodeImages(root, config.vision.work_size, max_pixels))
               | "Batch images" >> beam.BatchElements(**batch)
               | "Anatomy" >> beam.ParDo(SegmentAnatomy(config.anatomy.backend, config.anatomy.options, shared.Shared()))
               | "Lesion prior" >> beam.ParDo(PredictLesionPrior(config.lesion_prior.backend, config.lesion_prior.options,
@@ -272,19 +340,21 @@ def build_pipeline(p: beam.Pipeline, studies: list[Study], root: str, out_dir: s
               | "Ground" >> beam.ParDo(GroundAndVerify(config.refiner.backend, config.refiner.options, shared.Shared(),
                                                        config)))
     image_errors = (images | "Image errors" >> beam.FlatMap(lambda kv: [kv[1].error] if kv[1].error else []))
-    errors = ((read[ERRORS], structured[ERRORS], tasks[ERRORS], image_errors) | "All errors" >> beam.Flatten())
+    unlisted = p | "Unlisted images" >> beam.Create([u.error() for u in corpus.unlisted_images], reshuffle=False)
+    errors = ((read[ERRORS], structured[ERRORS], tasks[ERRORS], image_errors, unlisted) | "All errors" >> beam.Flatten())
     outputs = ({
         "study": read.reports | "Key studies" >> beam.Map(lambda st: (st[0].study_id, st[0])),
         "findings": structured.structured | "Key findings" >> beam.Map(lambda sf: (sf[0].study_id, sf[1])),
         "images": images,
         "errors": errors | "Key errors" >> beam.Map(lambda e: (e.study_id, e)),
     } | "Join per study" >> beam.CoGroupByKey()
-      | "Pairs" >> beam.ParDo(BuildStudyOutputs(config)).with_outputs("pairs", "masks", "discarded", "studies"))
+      | "Pairs" >> beam.ParDo(BuildStudyOutputs(config, len(studies) if progress else None))
+      .with_outputs("pairs", "masks", "discarded", "studies"))
 
     tables = {
         "studies": outputs.studies, "pairs": outputs.pairs, "masks": outputs.masks, "discarded": outputs.discarded,
         "findings": structured[FINDINGS] | "Finding rows" >> beam.Map(Finding.as_row),
-        "errors": errors | "Error rows" >> beam.Map(ErrorRecord.as_row),
+        "errors": errors | "Error rows" >> beam.Map(error_row),
     }
     for name, rows in tables.items():
-        _ = rows | WriteTable(name, out_dir, n_shards, config.output.row_group_rows, config.output.compression)
+        _ = rows | WriteTable(name, out_dir, n_shards, config.output.row_group_rows, config.output.compression, prefix)

@@ -15,8 +15,13 @@ def shard_of(study_id: str | None, n_shards: int) -> int:
     return int.from_bytes(digest[:8], "little") % n_shards
 
 
-def shard_path(out_dir: str, table: str, shard: int) -> str:
-    return FileSystems.join(out_dir, table, f"part-{shard:05d}.parquet")
+def shard_prefix(part: int = 0, n_parts: int = 1) -> str:
+    """File name prefix of one part's shards: parts of a partitioned run never write the same file."""
+    return "part-" if n_parts == 1 else f"part-{part:03d}-"
+
+
+def shard_path(out_dir: str, table: str, shard: int, prefix: str = "part-") -> str:
+    return FileSystems.join(out_dir, table, f"{prefix}{shard:05d}.parquet")
 
 
 def table_to_bytes(table_name: str, rows: list[dict], row_group_rows: int, compression: str) -> bytes:
@@ -38,8 +43,8 @@ def write_atomically(path: str, payload: bytes) -> None:
 
 
 def write_shard(out_dir: str, table_name: str, shard: int, rows: list[dict], row_group_rows: int,
-                compression: str) -> str:
-    path = shard_path(out_dir, table_name, shard)
+                compression: str, prefix: str = "part-") -> str:
+    path = shard_path(out_dir, table_name, shard, prefix)
     write_atomically(path, table_to_bytes(table_name, rows, row_group_rows, compression))
     return path
 

@@ -2,14 +2,12 @@
 from __future__ import annotations
 
 import json
-import shutil
 
 import pyarrow.parquet as pq
 import pytest
 
 from pipeline.config import load_config
 from pipeline.contract import check_run
-from pipeline.corpus import index_mimic_cxr_jpg
 from pipeline.run import run_pipeline
 from pipeline.writers import read_table
 from schemas.tables import TABLES
@@ -82,29 +80,6 @@ def test_same_input_gives_byte_identical_tables_with_two_worker_processes(run_di
         assert [p.name for p in first] == [p.name for p in second]
         for a, b in zip(first, second):
             assert a.read_bytes() == b.read_bytes(), f"{name}/{a.name} differs"
-
-
-def test_damaged_inputs_are_accounted_not_lost(corpus, tmp_path):
-    damaged = tmp_path / "damaged"
-    shutil.copytree(corpus, damaged)
-    reports = sorted(damaged.glob("files/p*/p*/s*.txt"))
-    reports[0].write_bytes(b"\xff\xfe\x00 not utf-8 \xc3\x28")
-    reports[1].write_text("")
-    images = [i for s in index_mimic_cxr_jpg(damaged) for i in s.images]
-    frontal = [damaged / i.path for i in images if i.view_position in ("PA", "AP")]
-    lateral = next(damaged / i.path for i in images if i.view_position == "LATERAL")
-    frontal[0].write_bytes(frontal[0].read_bytes()[:5000])
-    frontal[1].unlink()
-    lateral.unlink()
-    out = tmp_path / "run"
-    summary = run_pipeline(damaged, out, load_config("classical", NO_GATE), overwrite=True)
-    assert summary.problems == []
-    t = tables(out)
-    assert len(t["studies"]) == SYNTH_STUDIES
-    errors = {(e["stage"], e["error_type"]) for e in t["errors"]}
-    assert {("read", "UnicodeDecodeError"), ("read", "ValueError"), ("read", "FileNotFoundError")} <= errors
-    assert sum(e["stage"] == "decode" for e in t["errors"]) == 2
-    assert all(e["study_id"] and e["message"] for e in t["errors"])
 
 
 def test_existing_output_is_refused_without_overwrite(run_dir, corpus):
