@@ -44,6 +44,7 @@ class GrabCutRefiner(MaskRefiner):
         core_erosion: float = 0.15,  # the seed eroded by this much is certain lesion
         smoothing_sigma: float = 1.0,  # pixels; denoises before the colour models are fitted
         min_seed_pixels: int = 16,
+        max_crop_side: int = 192,  # pixels; larger crops are labelled at this size (GrabCut's cost is per pixel)
     ) -> None:
         self.iterations = iterations
         self.box_margin = box_margin
@@ -51,6 +52,7 @@ class GrabCutRefiner(MaskRefiner):
         self.core_erosion = core_erosion
         self.smoothing_sigma = smoothing_sigma
         self.min_seed_pixels = min_seed_pixels
+        self.max_crop_side = max_crop_side
 
     def refine(self, image: np.ndarray, boxes: Sequence[Box], seeds: Sequence[np.ndarray]) -> list[RefinedMask]:
         if len(boxes) != len(seeds):
@@ -83,25 +85,38 @@ class GrabCutRefiner(MaskRefiner):
         if seed_in_box.sum() < self.min_seed_pixels or (labels == cv2.GC_BGD).all():
             full[cy0:cy1, cx0:cx1] = seed_in_box
             return RefinedMask(mask=full, score=0.0)
-        color = cv2.cvtColor(crop, cv2.COLOR_GRAY2BGR)
-        background_model = np.zeros((1, 65), np.float64)
-        foreground_model = np.zeros((1, 65), np.float64)
-        # GrabCut seeds its GMMs with k-means on OpenCV's thread RNG: reseed so a mask never depends on
-        # what ran before it on this worker (byte-identical outputs across runs and worker layouts).
-        cv2.setRNGSeed(0)
         try:
-            cv2.grabCut(color, labels, None, background_model, foreground_model, self.iterations, cv2.GC_INIT_WITH_MASK)
+            lesion = self._grabcut(crop, labels)
         except cv2.error:
             # GrabCut needs both labels to have samples; a seed covering the whole crop has no background.
             full[cy0:cy1, cx0:cx1] = seed_in_box
             return RefinedMask(mask=full, score=0.0)
-        lesion = (labels == cv2.GC_FGD) | (labels == cv2.GC_PR_FGD)
         # Keep the parts that touch the seed: GrabCut may also pick look-alike patches elsewhere in the crop.
         _, components = cv2.connectedComponents(lesion.astype(np.uint8), connectivity=8)
         touching = np.unique(components[lesion & seed_in_box])
         lesion = fill_holes(np.isin(components, touching[touching > 0]))
         full[cy0:cy1, cx0:cx1] = lesion
         return RefinedMask(mask=full, score=self.score(full, seed, box))
+
+    def _grabcut(self, crop: np.ndarray, labels: np.ndarray) -> np.ndarray:
+        """Lesion pixels of the crop; a large crop is labelled at `max_crop_side` and scaled back."""
+        height, width = crop.shape
+        scale = min(1.0, self.max_crop_side / max(height, width))
+        small_size = (max(1, round(crop.shape[1] * scale)), max(1, round(crop.shape[0] * scale)))
+        if scale < 1:
+            crop = cv2.resize(crop, small_size, interpolation=cv2.INTER_AREA)
+            labels = cv2.resize(labels, small_size, interpolation=cv2.INTER_NEAREST)
+        color = cv2.cvtColor(crop, cv2.COLOR_GRAY2BGR)
+        background_model = np.zeros((1, 65), np.float64)
+        foreground_model = np.zeros((1, 65), np.float64)
+        # GrabCut seeds its GMMs with k-means on OpenCV's thread RNG: reseed so a mask never depends on
+        # what ran before it on this worker (byte-identical outputs across runs and worker layouts).
+        cv2.setRNGSeed(0)
+        cv2.grabCut(color, labels, None, background_model, foreground_model, self.iterations, cv2.GC_INIT_WITH_MASK)
+        lesion = ((labels == cv2.GC_FGD) | (labels == cv2.GC_PR_FGD)).astype(np.uint8) * 255
+        if scale < 1:
+            lesion = cv2.resize(lesion, (width, height), interpolation=cv2.INTER_LINEAR)
+        return lesion >= 128
 
     @staticmethod
     def score(mask: np.ndarray, seed: np.ndarray, box: Box) -> float:
