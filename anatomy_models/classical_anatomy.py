@@ -31,10 +31,10 @@ from collections.abc import Sequence
 
 import cv2
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field
 
 from anatomy_models.base import AnatomyBackend, register, validated_options
-from anatomy_models.zones import ZONE_BOUNDS, lower_border_band, lung_regions
+from anatomy_models.zones import ZONE_BOUNDS, ZoneBoundsOption, lower_border_band, lung_regions
 from schemas.vocab import Location
 from transforms.records import AnatomyResult
 
@@ -59,14 +59,7 @@ class ClassicalOptions(BaseModel):
 
     work_size: int = Field(256, ge=128, le=1024, description="long side, px, the segmentation runs at")
     clahe_clip: float = Field(2.0, gt=0.0, le=10.0)
-    zone_bounds: tuple[float, float, float] = ZONE_BOUNDS
-
-    @field_validator("zone_bounds")
-    @classmethod
-    def _increasing(cls, bounds: tuple[float, float, float]) -> tuple[float, float, float]:
-        if not 0.0 < bounds[0] < bounds[1] < bounds[2] < 1.0:
-            raise ValueError("zone_bounds must be three increasing fractions in (0, 1)")
-        return bounds
+    zone_bounds: ZoneBoundsOption = ZONE_BOUNDS
 
 
 def to_uint8(image: np.ndarray) -> np.ndarray:

@@ -16,7 +16,7 @@ from torchxrayvision.baseline_models import chestx_det
 
 from anatomy_models.base import AnatomyBackend, register, validated_options
 from anatomy_models.weights import PSPNET_WEIGHTS, masks_and_confidence, pick_device, resolve_weights, segment_batch
-from anatomy_models.zones import ZONE_BOUNDS, lung_regions
+from anatomy_models.zones import ZONE_BOUNDS, ZoneBoundsOption, lung_regions
 from schemas.vocab import Location
 from transforms.records import AnatomyResult
 
@@ -47,7 +47,7 @@ class PspnetOptions(BaseModel):
     threshold: float = Field(0.5, gt=0.0, lt=1.0)
     thresholds: dict[str, float] = Field(default_factory=dict)  # per structure (our names), overrides `threshold`
     batch_size: int = Field(4, ge=1)
-    zone_bounds: tuple[float, float, float] = ZONE_BOUNDS
+    zone_bounds: ZoneBoundsOption = ZONE_BOUNDS
 
     @field_validator("thresholds")
     @classmethod
@@ -58,13 +58,6 @@ class PspnetOptions(BaseModel):
         if any(not 0.0 < value < 1.0 for value in thresholds.values()):
             raise ValueError("thresholds must lie in (0, 1)")
         return thresholds
-
-    @field_validator("zone_bounds")
-    @classmethod
-    def _increasing(cls, bounds: tuple[float, float, float]) -> tuple[float, float, float]:
-        if not 0.0 < bounds[0] < bounds[1] < bounds[2] < 1.0:
-            raise ValueError("zone_bounds must be three increasing fractions in (0, 1)")
-        return bounds
 
 
 def build_pspnet_model(weights: Path) -> chestx_det.PSPNet:

@@ -17,8 +17,10 @@ All functions are pure and take/return boolean masks of one image size.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Annotated
 
 import numpy as np
+from pydantic import AfterValidator
 
 from schemas.vocab import LUNG_BY_SIDE, ZONES_BY_SIDE, Location
 
@@ -26,12 +28,21 @@ from schemas.vocab import LUNG_BY_SIDE, ZONES_BY_SIDE, Location
 ZONE_BOUNDS: tuple[float, float, float] = (0.15, 0.40, 0.70)
 
 
+def check_zone_bounds(bounds: Sequence[float]) -> tuple[float, float, float]:
+    if len(bounds) != 3 or not 0.0 < bounds[0] < bounds[1] < bounds[2] < 1.0:
+        raise ValueError(f"zone bounds must be three increasing fractions in (0, 1), got {tuple(bounds)}")
+    return tuple(bounds)
+
+
+# A backend option holding zone bounds, validated like the rule itself.
+ZoneBoundsOption = Annotated[tuple[float, float, float], AfterValidator(check_zone_bounds)]
+
+
 def lung_zones(lung: np.ndarray, side: str, bounds: Sequence[float] = ZONE_BOUNDS) -> dict[str, np.ndarray]:
     """The four zone masks of one lung (`side` is the patient's 'right' or 'left'), keyed by Location value."""
     if side not in ZONES_BY_SIDE:
         raise ValueError(f"side must be 'right' or 'left', got {side!r}")
-    if len(bounds) != 3 or not 0.0 < bounds[0] < bounds[1] < bounds[2] < 1.0:
-        raise ValueError(f"zone bounds must be three increasing fractions in (0, 1), got {tuple(bounds)}")
+    check_zone_bounds(bounds)
     lung = np.asarray(lung, dtype=bool)
     zones = {zone.value: np.zeros_like(lung) for zone in ZONES_BY_SIDE[side]}
     rows = np.flatnonzero(lung.any(axis=1))
