@@ -13,8 +13,9 @@ bounded, which is what the pooled position-wise baseline and its cap absorb.
 Per type: opacity / pneumonia / consolidation are focal dense regions (consolidation needs more
 density); atelectasis favours the bases and horizontal bands; edema is haze present on both sides
 at mirrored positions against the lung's darkest part (not the position-wise baseline, which a haze over
-most of the lung would raise), strongest perihilar, and only when most of the perihilar field is hazy;
-lung that the anatomy marks as seen through soft tissue (retrocardiac) is left out of the field; effusion is dense fluid layering up from the lung base
+most of the lung would raise), only when most of the perihilar field is hazy, and then drawn over the
+central lung (its perihilar distribution, including lung seen through the heart);
+lung that the anatomy marks as seen through soft tissue (retrocardiac) is left out of the focal types' field; effusion is dense fluid layering up from the lung base
 (filled from the bottom, strongest laterally, spilling just beyond the lung outline at the
 costophrenic angle); cardiomegaly is the heart mask scaled by the cardiothoracic-ratio evidence.
 """
@@ -149,15 +150,14 @@ class ClassicalLesionPrior(LesionPriorBackend):
         noise_levels: tuple[float, float] = (1.5, 3.0),
         atelectasis_band_ratio: float = 3.0,  # horizontal / vertical smoothing for band shapes
         atelectasis_apex_weight: float = 0.5,  # weight at the apex, rising to 1 at the base
-        edema_lateral_weight: float = 0.4,  # weight at the lateral edge, 1 at the hilum
         # Edema is haze over most of both lungs, which the position-wise baseline absorbs: it is judged against
         # the lung's darkest part (this quantile of the smoothed lung), away from the outline (where chest wall and
         # mediastinum overlap the lung; ramped in over these relative depths), and only where the perihilar
         # field as a whole is hazy on both sides (median bilateral density there, ramped between these levels).
         edema_reference_quantile: float = 0.05,
         edema_smoothing: float = 0.04,
-        edema_outline_depth: tuple[float, float] = (0.03, 0.12),
-        edema_haze_density: tuple[float, float] = (0.1, 0.25),
+        # Where edema lies once present: the central lung, fading out between these medial-to-lateral positions.
+        edema_central_extent: tuple[float, float] = (0.45, 0.85),
         edema_presence: tuple[float, float] = (0.12, 0.2),
         edema_perihilar_height: tuple[float, float] = (0.25, 0.85),  # relative heights of the perihilar field
         effusion_base_start: float = 0.5,  # relative height where effusion evidence starts to count
@@ -166,7 +166,7 @@ class ClassicalLesionPrior(LesionPriorBackend):
         pleural_margin: float = 0.03,  # how far the effusion map reaches outside the lung outline
         effusion_lateral_share: float = 0.15,  # of a lung's width: the lateral part whose bottom is the costophrenic angle
         effusion_min_blunting: float = 0.015,  # of the lung's height: lateral bottom above the lowest point = blunted angle
-        effusion_expected_height: float = 1.75,  # a clear lung's height over its width (when neither side is clear)
+        effusion_expected_height: float = 2.0,  # a clear lung's height over its width (when neither side is clear)
         effusion_dome_depth: float = 0.18,  # of the lung's height: how much higher the lung ends medially than laterally
         ctr_midpoint: float = 0.5,  # cardiothoracic ratio at which cardiomegaly probability is 0.5
         ctr_scale: float = 0.03,
@@ -189,11 +189,9 @@ class ClassicalLesionPrior(LesionPriorBackend):
         self.noise_levels = tuple(noise_levels)
         self.atelectasis_band_ratio = atelectasis_band_ratio
         self.atelectasis_apex_weight = atelectasis_apex_weight
-        self.edema_lateral_weight = edema_lateral_weight
         self.edema_reference_quantile = edema_reference_quantile
         self.edema_smoothing = edema_smoothing
-        self.edema_outline_depth = tuple(edema_outline_depth)
-        self.edema_haze_density = tuple(edema_haze_density)
+        self.edema_central_extent = tuple(edema_central_extent)
         self.edema_presence = tuple(edema_presence)
         self.edema_perihilar_height = tuple(edema_perihilar_height)
         self.effusion_base_start = effusion_base_start
@@ -230,11 +228,15 @@ class ClassicalLesionPrior(LesionPriorBackend):
             at_work = [resize_mask(mask, *work_shape) for mask in (right, left, heart, mediastinum)]
             work_maps = {}
             self._lung_maps(work_image.astype(np.float32) / 255.0, *at_work, work_maps, probabilities)
+            # focal types are judged where lung is seen directly; edema covers the whole lung; effusion may reach
+            # past the lung outline
+            confined_to = {LesionType.EDEMA.value: right | left, LesionType.EFFUSION.value: None}
             field = (right | left) & ~heart & ~mediastinum
             for lesion, work_map in work_maps.items():
                 full = cv2.resize(work_map, shape[::-1], interpolation=cv2.INTER_LINEAR) if scale < 1 else work_map
-                if lesion != LesionType.EFFUSION.value:  # effusion may reach past the lung outline
-                    full = full * field
+                region = confined_to.get(lesion, field)
+                if region is not None:
+                    full = full * region
                 maps[lesion] = np.clip(full, 0, 1).astype(np.float32)
         ctr = cardiothoracic_ratio(anatomy)
         if ctr is not None:
@@ -312,9 +314,13 @@ class ClassicalLesionPrior(LesionPriorBackend):
             probabilities[lesion.value] = self._probability(maps[lesion.value], lung_area)
 
     def _edema(self, image: np.ndarray, frame: LungFrame, heart: np.ndarray, mirror_valid: np.ndarray) -> np.ndarray:
-        """Haze on both sides at mirrored points (the lower of the two) against the lung's darkest part,
-        strongest at the hila, gated by how hazy the perihilar field is as a whole: normal hila and vessels
-        are dense only in small parts of it, edema in most of it."""
+        """Whether edema is there is judged by haze; where it lies follows its distribution.
+
+        Haze is measured on both sides at mirrored points (the lower of the two) against the lung's darkest part,
+        over the perihilar field as a whole: normal hila and vessels are dense in small parts of it, edema in most
+        of it. Its extent is not the haze outline (haze fades smoothly into aerated lung, and ribs and vessels make
+        any density contour ragged) but edema's distribution: central and perihilar, sparing the periphery, over
+        the whole lung including lung seen through the heart."""
         local = masked_gaussian(image, frame.field, self.edema_smoothing * max(image.shape))
         reference = float(np.quantile(local[frame.field], self.edema_reference_quantile))
         tissue = float(np.median(image[heart])) if heart.any() else float(np.quantile(image[frame.lungs], 0.95))
@@ -326,9 +332,8 @@ class ClassicalLesionPrior(LesionPriorBackend):
         if perihilar_field.sum() < 20:
             return np.zeros(image.shape, np.float32)
         presence = float(ramp(np.float32(np.median(bilateral[perihilar_field])), *self.edema_presence))
-        perihilar = 1.0 - (1.0 - self.edema_lateral_weight) * frame.u
-        inside = ramp(frame.depth, *self.edema_outline_depth)
-        return (ramp(bilateral, *self.edema_haze_density) * perihilar * inside * presence * frame.field).astype(np.float32)
+        central = 1.0 - ramp(frame.u, *self.edema_central_extent)
+        return (central * presence * frame.lungs).astype(np.float32)
 
     def _levels(self, density: tuple[float, float], spread: float) -> tuple[float, float]:
         return max(density[0], self.noise_levels[0] * spread), max(density[1], self.noise_levels[1] * spread)
@@ -355,7 +360,9 @@ class ClassicalLesionPrior(LesionPriorBackend):
         rim = cv2.dilate(frame.lungs.astype(np.uint8), kernel).astype(bool) & ~frame.lungs & ~overlying
         spill = cv2.dilate(effusion, kernel)
         effusion = np.where(rim, spill, effusion)
-        return np.maximum(effusion, self._subpulmonic_fluid(*sides)).astype(np.float32)
+        # fluid under the lung lies beside the heart and mediastinum, never over them
+        subpulmonic = self._subpulmonic_fluid(*sides) * ~overlying
+        return np.maximum(effusion, subpulmonic).astype(np.float32)
 
     def _blunting(self, lung: np.ndarray) -> float:
         """How far the lung's lateral bottom sits above its lowest point, over the lung's height.

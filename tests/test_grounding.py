@@ -26,10 +26,11 @@ class EchoRefiner:
     name = "echo"
 
     def __init__(self):
-        self.calls = 0
+        self.calls = self.boxes = 0
 
     def refine(self, image, boxes, seeds):
         self.calls += 1
+        self.boxes += len(boxes)
         return [RefinedMask(mask=seed.copy(), score=0.8) for seed in seeds]
 
 
@@ -61,13 +62,23 @@ def test_no_signal_and_tiny_and_weak_candidates_are_rejected_with_reasons(toy_an
 
 
 def test_refiner_called_once_per_image_for_all_boxes(toy_anatomy, grounding_config):
-    prior = toy_prior({"effusion": blob(160, 60, 10) + blob(160, 140, 10), "edema": blob(80, 60, 15)})
-    findings = [make_finding("effusion", ["right lung base", "left lung base"]), make_finding("edema")]
+    prior = toy_prior({"opacity": blob(160, 60, 10) + blob(160, 140, 10), "consolidation": blob(80, 60, 15)})
+    findings = [make_finding("opacity", ["right lung base", "left lung base"]), make_finding("consolidation")]
     refiner = EchoRefiner()
     out = ground_findings(findings, toy_anatomy, prior, np.zeros((200, 200), np.uint8), refiner, grounding_config)
-    assert refiner.calls == 1
+    assert refiner.calls == 1 and refiner.boxes == 3
     assert out[0].grounded_locations == ("right lung base", "left lung base")
     assert out[1].grounded_locations == ("right lung",)  # no stated location: the lungs it lies in
+
+
+def test_types_that_do_not_refine_never_reach_the_refiner(toy_anatomy, grounding_config):
+    assert not grounding_config.fusion["effusion"].refine and not grounding_config.fusion["edema"].refine
+    prior = toy_prior({"effusion": blob(160, 60, 10), "edema": blob(80, 60, 15)})
+    findings = [make_finding("effusion", ["right lung base"]), make_finding("edema")]
+    refiner = EchoRefiner()
+    out = ground_findings(findings, toy_anatomy, prior, np.zeros((200, 200), np.uint8), refiner, grounding_config)
+    assert refiner.calls == 0
+    assert all(g.mask is not None and g.source == prior.backend for g in out)
 
 
 class DriftingRefiner:

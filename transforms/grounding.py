@@ -279,12 +279,15 @@ def fuse_and_verify(selection: Selection, refined: list[RefinedMask], anatomy: A
     else:
         mask = np.zeros_like(selection.clip_region)
         rule = _rule(config, finding.entity)
-        for cand, result in zip(selection.kept, refined):
+        if not rule.refine:
+            refined = []
+        for index, cand in enumerate(selection.kept):
+            result = refined[index] if refined else None
             # a refiner that finds nothing, or drifts away from the candidate, keeps the prior's own component
-            use_refined = rule.refine and result.mask.any() and result.score >= rule.min_refine_score
+            use_refined = result is not None and result.mask.any() and result.score >= rule.min_refine_score
             mask |= result.mask if use_refined else cand.component
         mask &= selection.clip_region
-        source = f"{prior.backend}+{refiner_name}"
+        source = f"{prior.backend}+{refiner_name}" if refined else prior.backend
         refine_score = float(np.mean([r.score for r in refined])) if refined else 0.0
         kept_overlap = max(c.region_overlap for c in selection.kept)
         kept_mass = float(sum(c.prior_mass for c in selection.kept))
@@ -321,12 +324,11 @@ def ground_findings(findings: list[Finding], anatomy: AnatomyResult, prior: Lesi
                     refiner, config: GroundingConfig) -> list[Grounding]:
     """Ground every finding on one image; the refiner sees all kept boxes of the image in one call."""
     selections = [select_candidates(f, anatomy, prior, config) for f in findings]
-    boxes = [c.box for s in selections for c in s.kept]
-    seeds = [c.component for s in selections for c in s.kept]
-    refined = refiner.refine(image, boxes, seeds) if boxes else []
-    out, start = [], 0
-    for selection in selections:
-        stop = start + len(selection.kept)
-        out.append(fuse_and_verify(selection, refined[start:stop], anatomy, prior, config, refiner.name))
-        start = stop
-    return out
+    # only types whose rule refines send their candidates to the refiner (the others keep the prior's components)
+    to_refine = [s for s in selections if _rule(config, s.finding.entity).refine]
+    boxes = [c.box for s in to_refine for c in s.kept]
+    seeds = [c.component for s in to_refine for c in s.kept]
+    refined = iter(refiner.refine(image, boxes, seeds) if boxes else [])
+    return [fuse_and_verify(s, [next(refined) for _ in s.kept] if _rule(config, s.finding.entity).refine else [],
+                            anatomy, prior, config, refiner.name)
+            for s in selections]
