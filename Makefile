@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DEMO_OUT ?= demo-output
 
-.PHONY: setup demo test bench eval-nlp eval-anatomy clean
+.PHONY: setup demo test bench eval-nlp eval-anatomy eval-grounding clean
 
 setup: $(STAMP)
 
@@ -24,12 +24,16 @@ test: setup
 bench: setup
 	$(PY) bench/bench_structuring.py
 	$(PY) bench/bench_pipeline.py
+	$(PY) bench/bench_vision_backends.py
 
 eval-nlp: setup
 	$(PY) bench/eval_nlp.py
 
 eval-anatomy: setup
 	$(PY) bench/eval_anatomy.py
+
+eval-grounding: setup
+	$(PY) bench/eval_grounding.py --studies 60 --seed 1
 
 clean:
 	rm -rf $(DEMO_OUT) .pytest_cache

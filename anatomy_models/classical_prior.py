@@ -11,13 +11,14 @@ vessels, apices under the clavicles — is denser than the darkest lung but simi
 bounded, which is what the pooled position-wise baseline and its cap absorb.
 
 Per type: opacity / pneumonia / consolidation are focal dense regions (consolidation needs more
-density); atelectasis favours the bases and horizontal bands; edema is haze present on both sides
-at mirrored positions against the lung's darkest part (not the position-wise baseline, which a haze over
-most of the lung would raise), only when most of the perihilar field is hazy, and then drawn over the
-central lung (its perihilar distribution, including lung seen through the heart);
-lung that the anatomy marks as seen through soft tissue (retrocardiac) is left out of the focal types' field; effusion is dense fluid layering up from the lung base
-(filled from the bottom, strongest laterally, spilling just beyond the lung outline at the
-costophrenic angle); cardiomegaly is the heart mask scaled by the cardiothoracic-ratio evidence.
+density), judged only where lung is seen directly (lung that the anatomy marks as seen through soft
+tissue, retrocardiac, is left out); atelectasis favours the bases and horizontal bands; edema is haze
+present on both sides at mirrored positions against the lung's darkest part (not the position-wise
+baseline, which a haze over most of the lung would raise), only when most of the perihilar field is
+hazy, and is then drawn over its perihilar distribution: the central lung, including lung seen through
+the heart; effusion is dense fluid layering up from the lung base (filled from the bottom, strongest
+laterally, spilling just beyond the lung outline at the costophrenic angle); cardiomegaly is the heart
+mask scaled by the cardiothoracic-ratio evidence.
 """
 from __future__ import annotations
 

@@ -3,9 +3,10 @@
     .venv/bin/python bench/eval_grounding.py [--studies 40] [--seed 0] [--config classical]
     .venv/bin/python bench/eval_grounding.py --corpus ROOT --run OUT      # score an existing run
 
-Per lesion type: visible true lesions that became positives (recall), IoU of the positive mask with the
-true mask, reported-but-invisible findings that were discarded, positives on images without that lesion,
-and negatives that the ground truth contradicts.
+Per lesion type: visible true lesions reported as definite that became positives (recall; uncertain ones are
+neither positives nor negatives by policy), IoU of the positive mask with the true mask, reported-but-invisible
+findings that were discarded, positives on images without that lesion, positive pairs whose locations hold at
+least 10 % of the true lesion (loc ok), and negatives that the ground truth contradicts.
 """
 from __future__ import annotations
 
@@ -31,9 +32,24 @@ def _png(path: Path) -> np.ndarray | None:
     return None if image is None else image > 127
 
 
+LOCATION_SHARE = 0.1  # as the pipeline's verification: a location holds at least this share of the lesion
+
+
+def _location_union(corpus: Path, dicom_id: str, locations: list[str], shape: tuple[int, int]) -> np.ndarray:
+    region = np.zeros(shape, bool)
+    for loc in locations:
+        part = _png(corpus / "ground_truth" / "anatomy" / dicom_id / f"{loc}.png")
+        if part is not None:
+            region |= part
+    return region
+
+
 def score(corpus: Path, run: Path) -> dict[str, dict[str, float]]:
     truth = pq.read_table(corpus / "ground_truth" / "findings.parquet").to_pylist()
     visible = {(r["dicom_id"], r["target"]) for r in truth if r["presence"] == "present" and r["visible"] and r["dicom_id"]}
+    # uncertain findings are neither positives nor negatives by policy: recall counts definite ones only
+    eligible = {(r["dicom_id"], r["target"]) for r in truth if r["presence"] == "present" and r["visible"]
+                and r["certainty"] == "definite" and r["dicom_id"]}
     invisible = {(r["dicom_id"], r["target"]) for r in truth if r["presence"] == "present" and not r["visible"]
                  and r["certainty"] == "definite" and r["dicom_id"]} - visible
     pairs = read_table(str(run), "pairs").to_pylist()
@@ -46,7 +62,7 @@ def score(corpus: Path, run: Path) -> dict[str, dict[str, float]]:
             key = (pair["dicom_id"], pair["target"])
             positive_masks[key] = positive_masks.get(key, np.zeros_like(decoded)) | decoded
     rows: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
-    for dicom, target in visible:
+    for dicom, target in eligible:
         row = rows[target]
         row["visible"] += 1
         if (dicom, target) in positive_masks:
@@ -61,6 +77,12 @@ def score(corpus: Path, run: Path) -> dict[str, dict[str, float]]:
         rows[target]["positives"] += 1
         rows[target]["false_positive"] += (dicom, target) not in visible
     for pair in pairs:
+        if pair["is_positive"] and pair["locations"] and (pair["dicom_id"], pair["target"]) in visible:
+            # a positive's location is right when the true lesion has a real share of itself there
+            true = _png(corpus / "ground_truth" / "masks" / pair["dicom_id"] / f"{pair['target']}.png")
+            region = _location_union(corpus, pair["dicom_id"], pair["locations"], true.shape)
+            rows[pair["target"]]["located_pairs"] += 1
+            rows[pair["target"]]["located_right"] += bool((true & region).sum() >= LOCATION_SHARE * true.sum())
         if pair["is_positive"]:
             continue
         row = rows[pair["target"]]
@@ -71,16 +93,14 @@ def score(corpus: Path, run: Path) -> dict[str, dict[str, float]]:
             row["contradicted_negatives"] += 1
             continue
         true = _png(corpus / "ground_truth" / "masks" / pair["dicom_id"] / f"{pair['target']}.png")
-        region = np.zeros_like(true)
-        for loc in pair["locations"]:
-            part = _png(corpus / "ground_truth" / "anatomy" / pair["dicom_id"] / f"{loc}.png")
-            region |= part if part is not None else region
+        region = _location_union(corpus, pair["dicom_id"], pair["locations"], true.shape)
         row["contradicted_negatives"] += bool((true & region).sum() > 0.05 * true.sum())
     return rows
 
 
 def print_table(rows) -> None:
-    header = f"{'lesion':<14}{'visible':>8}{'recall':>8}{'mIoU':>7}{'invis.':>8}{'discard%':>9}{'pos':>6}{'FP%':>6}{'neg':>6}{'bad neg':>8}"
+    header = (f"{'lesion':<14}{'visible':>8}{'recall':>8}{'mIoU':>7}{'invis.':>8}{'discard%':>9}{'pos':>6}{'FP%':>6}"
+              f"{'loc ok%':>8}{'neg':>6}{'bad neg':>8}")
     print(header)
     totals = defaultdict(float)
     for target in [t.value for t in LesionType]:
@@ -100,8 +120,10 @@ def _line(name: str, r) -> None:
     disc = 100 * r.get("invisible_discarded", 0) / inv if inv else float("nan")
     pos = r.get("positives", 0)
     fp = 100 * r.get("false_positive", 0) / pos if pos else float("nan")
+    located = r.get("located_pairs", 0)
+    loc_ok = 100 * r.get("located_right", 0) / located if located else float("nan")
     print(f"{name:<14}{vis:>8.0f}{recall:>8.2f}{miou:>7.2f}{inv:>8.0f}{disc:>9.0f}{pos:>6.0f}{fp:>6.0f}"
-          f"{r.get('negatives', 0):>6.0f}{r.get('contradicted_negatives', 0):>8.0f}")
+          f"{loc_ok:>8.0f}{r.get('negatives', 0):>6.0f}{r.get('contradicted_negatives', 0):>8.0f}")
 
 
 def main() -> None:

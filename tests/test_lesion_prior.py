@@ -12,6 +12,7 @@ import pytest
 
 from anatomy_models.classical_anatomy import RETROCARDIAC_LUNG
 from anatomy_models.classical_prior import ClassicalLesionPrior
+from anatomy_models.random_weights import save_random_densenet
 from schemas.vocab import LUNG_BY_SIDE, ZONES_BY_SIDE, LesionType, Location
 from transforms.records import AnatomyResult
 
@@ -252,25 +253,13 @@ def test_real_radiographs_give_bounded_maps(prior):
     assert np.median(strong_fractions) < 0.3 and max(strong_fractions) < 0.7
 
 
-def _saved_random_densenet(folder: Path, weights: str, as_module: bool) -> Path:
-    """A randomly initialised DenseNet saved under the file name the loader looks for (as torchxrayvision
-    publishes it: a whole pickled model; or as a plain state dict)."""
-    torch = pytest.importorskip("torch")
-    xrv = pytest.importorskip("torchxrayvision")
-    torch.manual_seed(0)
-    model = xrv.models.DenseNet(weights=None, num_classes=len(xrv.models.model_urls[weights]["labels"]))
-    path = folder / Path(xrv.models.model_urls[weights]["weights_url"]).name
-    torch.save(model if as_module else model.state_dict(), path)
-    return path
-
-
 @pytest.mark.parametrize("as_module", [True, False])
 def test_xrv_prior_loads_saved_weights_and_maps_two_image_sizes(tmp_path, as_module):
     torch = pytest.importorskip("torch")
     xrv = pytest.importorskip("torchxrayvision")
     from anatomy_models.xrv_prior import XrvLesionPrior, padded_model_input
 
-    _saved_random_densenet(tmp_path, "densenet121-res224-all", as_module)
+    save_random_densenet(tmp_path, "densenet121-res224-all", as_module)
     prior = XrvLesionPrior(weights_dir=str(tmp_path), device="cpu")
     first, first_anatomy = frontal_phantom(height=320, width=300)
     second, second_anatomy = frontal_phantom(height=256, width=300, seed=1)

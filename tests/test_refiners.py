@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from anatomy_models.classical_refiner import GrabCutRefiner, iou
+from anatomy_models.random_weights import save_random_sam
 from transforms.records import Box
 
 
@@ -98,14 +99,6 @@ def _tiny_sam(checkpoint=None):
                       checkpoint=checkpoint)
 
 
-def _saved_random_sam(tmp_path, model_type, builder):
-    torch = pytest.importorskip("torch")
-    torch.manual_seed(0)
-    path = tmp_path / f"sam_{model_type}_random.pth"
-    torch.save(builder(checkpoint=None).state_dict(), path)
-    return path
-
-
 def _refine_two_boxes(refiner):
     shape = (180, 150)
     first, second = ellipse(shape, 60, 50, 18, 20), ellipse(shape, 130, 100, 22, 18)
@@ -126,7 +119,7 @@ def test_sam_refiner_loads_a_saved_checkpoint_and_prompts_every_box(tmp_path, mo
     from anatomy_models.sam_refiner import SamRefiner
 
     monkeypatch.setitem(sam_model_registry, "vit_test", _tiny_sam)
-    checkpoint = _saved_random_sam(tmp_path, "vit_test", _tiny_sam)
+    checkpoint = save_random_sam(tmp_path, "vit_test", _tiny_sam)
     encodings = []
     original = SamPredictor.set_image
     monkeypatch.setattr(SamPredictor, "set_image", lambda self, *a, **k: (encodings.append(1), original(self, *a, **k))[1])
@@ -138,11 +131,9 @@ def test_sam_refiner_loads_a_saved_checkpoint_and_prompts_every_box(tmp_path, mo
 
 @pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="full-size vit_b takes about a minute on a CPU")
 def test_sam_refiner_full_vit_b_on_gpu(tmp_path):
-    from segment_anything import sam_model_registry
-
     from anatomy_models.sam_refiner import SamRefiner
 
-    checkpoint = _saved_random_sam(tmp_path, "vit_b", sam_model_registry["vit_b"])
+    checkpoint = save_random_sam(tmp_path, "vit_b")
     _refine_two_boxes(SamRefiner(checkpoint=str(checkpoint), model_type="vit_b"))
 
 
