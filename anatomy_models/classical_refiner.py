@@ -44,7 +44,7 @@ class GrabCutRefiner(MaskRefiner):
         core_erosion: float = 0.15,  # the seed eroded by this much is certain lesion
         smoothing_sigma: float = 1.0,  # pixels; denoises before the colour models are fitted
         min_seed_pixels: int = 16,
-        max_crop_side: int = 192,  # pixels; larger crops are labelled at this size (GrabCut's cost is per pixel)
+        max_crop_side: int = 128,  # pixels; larger crops are labelled at this size (GrabCut's cost is per pixel)
     ) -> None:
         self.iterations = iterations
         self.box_margin = box_margin

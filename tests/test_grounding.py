@@ -153,3 +153,15 @@ def test_effusion_below_the_aerated_base_is_grounded_on_its_side(toy_anatomy, gr
     assert g.grounded_locations == ("left lung",)
     # the prior's component is kept as it is (no refinement for fluid) and stays on the reported side
     assert g.mask[182, 150] and not g.mask[:, :100].any() and not g.mask[:120].any()
+
+
+def test_repeated_mentions_are_grounded_once_and_keep_their_own_finding(toy_anatomy, grounding_config):
+    prior = toy_prior({"consolidation": blob(150, 60, 12)})
+    in_findings = make_finding("consolidation", ["right lung base"], sent_idx=1)
+    in_impression = make_finding("consolidation", ["right lung base"], sent_idx=7)
+    refiner = EchoRefiner()
+    first, second = ground_findings([in_findings, in_impression], toy_anatomy, prior, np.zeros((200, 200), np.uint8),
+                                    refiner, grounding_config)
+    assert refiner.boxes == 1
+    assert first.finding is in_findings and second.finding is in_impression
+    assert np.array_equal(first.mask, second.mask) and first.grounded_locations == second.grounded_locations

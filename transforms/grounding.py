@@ -5,7 +5,7 @@ All maps and masks here are at the models' working resolution.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import cv2
 import numpy as np
@@ -322,13 +322,20 @@ def empty_locations(prior: LesionPrior, anatomy: AnatomyResult, config: Groundin
 
 def ground_findings(findings: list[Finding], anatomy: AnatomyResult, prior: LesionPrior, image: np.ndarray,
                     refiner, config: GroundingConfig) -> list[Grounding]:
-    """Ground every finding on one image; the refiner sees all kept boxes of the image in one call."""
-    selections = [select_candidates(f, anatomy, prior, config) for f in findings]
+    """Ground every finding on one image; the refiner sees all kept boxes of the image in one call.
+
+    Mentions of one lesion type at the same locations (findings and impression often repeat each other)
+    ground to the same mask: each distinct one is grounded once and its result shared."""
+    distinct = {}
+    for finding in findings:
+        distinct.setdefault((finding.entity, finding.reported_locations), finding)
+    selections = [select_candidates(f, anatomy, prior, config) for f in distinct.values()]
     # only types whose rule refines send their candidates to the refiner (the others keep the prior's components)
     to_refine = [s for s in selections if _rule(config, s.finding.entity).refine]
     boxes = [c.box for s in to_refine for c in s.kept]
     seeds = [c.component for s in to_refine for c in s.kept]
     refined = iter(refiner.refine(image, boxes, seeds) if boxes else [])
-    return [fuse_and_verify(s, [next(refined) for _ in s.kept] if _rule(config, s.finding.entity).refine else [],
-                            anatomy, prior, config, refiner.name)
-            for s in selections]
+    grounded = {key: fuse_and_verify(s, [next(refined) for _ in s.kept] if _rule(config, s.finding.entity).refine else [],
+                                     anatomy, prior, config, refiner.name)
+                for key, s in zip(distinct, selections)}
+    return [replace(grounded[(f.entity, f.reported_locations)], finding=f) for f in findings]
