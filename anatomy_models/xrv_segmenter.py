@@ -1,11 +1,20 @@
 """What the torchxrayvision segmentation backends (CXAS, ChestX-Det PSPNet) share: options, weights
-resolution at construction, batched inference, thresholds per structure. Each subclass names its
-weights, input size, structure map (our name -> the model's class name) and how it builds the model."""
+resolution at construction, batched inference on the chosen device and precision, thresholds per
+structure. Each subclass names its weights, input size, structure map (our name -> the model's class
+name) and how it builds the model.
+
+Precision: on CUDA the forward pass runs under autocast (bf16 where the GPU supports it, else fp16), which
+the convolutional encoders tolerate; the logits are cast back to fp32 before the sigmoid, the resize to
+each image's size and the thresholds, so a mask edge moves by at most the rounding of a logit near the
+threshold. On CPU the default is fp32 (autocast is slower than fp32 on most CPUs); bf16 can be asked for.
+"""
 from __future__ import annotations
 
+import contextlib
 from abc import abstractmethod
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -24,6 +33,7 @@ class XrvSegmenterOptions(BaseModel):
     threshold: float = Field(0.5, gt=0.0, lt=1.0)
     thresholds: dict[str, float] = Field(default_factory=dict)  # per structure (our names), overrides `threshold`
     batch_size: int = Field(4, ge=1)
+    precision: Literal["auto", "fp32", "fp16", "bf16"] = "auto"  # autocast dtype of the forward pass
 
     @field_validator("thresholds")
     @classmethod
@@ -31,6 +41,25 @@ class XrvSegmenterOptions(BaseModel):
         if any(not 0.0 < value < 1.0 for value in thresholds.values()):
             raise ValueError("thresholds must lie in (0, 1)")
         return thresholds
+
+
+def pick_precision(requested: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for a forward pass on `device`, or None for plain fp32.
+
+    'auto': bf16 on CUDA GPUs that support it, else fp16 on CUDA; fp32 on CPU. fp16 needs CUDA (CPU
+    autocast runs bf16 only); bf16 on a CUDA GPU without bf16 support is refused."""
+    if requested == "fp32" or (requested == "auto" and device.type != "cuda"):
+        return None
+    if device.type == "cuda":
+        bf16_ok = torch.cuda.is_bf16_supported()
+        if requested == "auto":
+            return torch.bfloat16 if bf16_ok else torch.float16
+        if requested == "bf16" and not bf16_ok:
+            raise ValueError(f"precision 'bf16' requested but {device} does not support bfloat16; use fp16 or fp32")
+        return torch.bfloat16 if requested == "bf16" else torch.float16
+    if requested == "fp16":
+        raise ValueError("precision 'fp16' needs a CUDA device; on CPU use fp32 or bf16")
+    return torch.bfloat16
 
 
 class XrvSegmenter(AnatomyBackend):
@@ -50,6 +79,10 @@ class XrvSegmenter(AnatomyBackend):
         self.weights_path = resolve_weights(self.weights_spec, self.options.weights_dir)
         self.model: torch.nn.Module | None = None
         self.device = pick_device(self.options.device)
+        try:
+            self.precision = pick_precision(self.options.precision, self.device)
+        except ValueError as error:
+            raise ValueError(f"backend '{self.name}': {error}") from None
         self.names = list(self.structures)
         self.channels = [list(self.model_targets).index(self.structures[name]) for name in self.names]
         self.thresholds = [self.options.thresholds.get(name, self.options.threshold) for name in self.names]
@@ -65,11 +98,19 @@ class XrvSegmenter(AnatomyBackend):
     def result(self, masks: dict[str, np.ndarray], confidence: dict[str, float]) -> AnatomyResult:
         return AnatomyResult(masks=masks, confidence=confidence, backend=self.name, version=self.version)
 
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """The precision context of a forward pass (a no-op for fp32)."""
+        if self.precision is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.precision)
+
     def segment(self, images: Sequence[np.ndarray]) -> list[AnatomyResult]:
         self.load()
         results = []
         for start in range(0, len(images), self.options.batch_size):
             chunk = images[start : start + self.options.batch_size]
-            for probabilities in segment_batch(self.model, chunk, self.channels, self.input_size, self.device):
+            with self.autocast():
+                batch = segment_batch(self.model, chunk, self.channels, self.input_size, self.device)
+            for probabilities in batch:
                 results.append(self.result(*masks_and_confidence(probabilities, self.names, self.thresholds)))
         return results

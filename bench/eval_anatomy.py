@@ -1,7 +1,8 @@
-"""Lung-field Dice of the anatomy backends on real radiographs, and their speed.
+"""Lung-field Dice of the anatomy backends on real radiographs, per-structure Dice on phantoms, and their speed.
 
     .venv/bin/python bench/eval_anatomy.py [--data ../shared/data/cxr-lungs-dev] [--backends classical cxas pspnet]
                                            [--input-size 512] [--weights-dir DIR] [--per-image]
+                                           [--phantoms 40] [--phantom-seed 0] [--corpus ROOT]
 
 Ground truth: the V7 Labs lung masks shipped in torchxrayvision (`data/semantic_masks_v7labs_lungs.zip`),
 one label for both lungs, resized to the image with nearest neighbour, foreground >= 128 (see the data
@@ -13,6 +14,12 @@ each side (the ground truth's two lungs are told apart by connected components: 
 left is the patient's right lung), whether the predicted right lung lies left of the left lung in the
 image, and ms/image at the input size and at 1024 px on one CPU thread. Backends whose weights are
 missing are reported as skipped.
+
+Phantoms: the frontal images of a synthetic corpus (`mimic-ils synth`, written to a temporary folder with
+`--phantoms` studies and `--phantom-seed`, or an existing one with `--corpus`), with the lesions, devices
+and views the corpus draws, scored against its true anatomy (ground_truth/anatomy/): Dice of each lung
+and the heart, and the error of the cardiothoracic ratio the grounding computes from the predicted heart
+and lungs (predicted minus true), for normal hearts and for hearts drawn enlarged (visible cardiomegaly).
 """
 from __future__ import annotations
 
@@ -20,8 +27,10 @@ import argparse
 import csv
 import statistics
 import sys
+import tempfile
 import time
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import cv2
@@ -131,30 +140,45 @@ def evaluate(name: str, backend, cases, input_size: int, per_image: bool) -> Non
         print(f"{name:10s} speed at {size} px, 1 CPU thread: {ms_per_image(backend, images, size):.1f} ms/image")
 
 
-def phantom_cases(count: int, seed: int = 0) -> list[tuple[np.ndarray, dict[str, np.ndarray]]]:
-    """Frontal phantoms of the synthetic corpus (PA and AP, with and without lesions) and their true anatomy."""
-    from transforms.phantom import LesionSpec, draw_frontal
+def phantom_cases(root: Path) -> Iterator[tuple[str, bool, np.ndarray, dict[str, np.ndarray]]]:
+    """(dicom id, heart drawn enlarged, image, true masks of the lungs and heart) per frontal image of a synthetic
+    corpus, read one at a time (full-size masks of a whole corpus do not fit in memory)."""
+    import pyarrow.parquet as pq
 
-    cases = []
-    for index in range(count):
-        rng = np.random.default_rng([seed, index])
-        height, width = int(rng.integers(1600, 3000)), int(rng.integers(1600, 3000))
-        lesions = (LesionSpec(("consolidation",), "consolidation", ("right lung base",), 0.7),) if index % 2 else ()
-        image, _, anatomy = draw_frontal(rng, height, width, lesions, view="AP" if index % 4 == 3 else "PA")
-        cases.append((image, anatomy))
-    return cases
+    truth = pq.read_table(root / "ground_truth" / "findings.parquet").to_pylist()
+    enlarged = {row["dicom_id"] for row in truth if row["target"] == "cardiomegaly" and row["visible"]}
+    images = {path.stem: path for path in (root / "files").rglob("*.jpg")}
+    names = (Location.RIGHT_LUNG.value, Location.LEFT_LUNG.value, Location.LUNG.value, Location.HEART.value)
+    for folder in sorted((root / "ground_truth" / "anatomy").iterdir()):
+        masks = {name: cv2.imread(str(folder / f"{name}.png"), cv2.IMREAD_GRAYSCALE) > 127 for name in names}
+        yield folder.name, folder.name in enlarged, cv2.imread(str(images[folder.name]), cv2.IMREAD_GRAYSCALE), masks
 
 
 def evaluate_phantoms(name: str, backend, cases, input_size: int) -> None:
+    from transforms.grounding import cardiothoracic_ratio
+    from transforms.records import AnatomyResult
+
+    def ratio(masks: dict[str, np.ndarray]) -> float:
+        value = cardiothoracic_ratio(AnatomyResult(masks=masks, confidence={}, backend="", version=""))
+        return float("nan") if value is None else value
+
     structures = (Location.RIGHT_LUNG.value, Location.LEFT_LUNG.value, Location.HEART.value)
     scores = {s: [] for s in structures}
-    for image, truth in cases:
+    ratio_errors = {False: [], True: []}
+    for _, enlarged, image, truth in cases:
         result = backend.segment([resize_long_side(image, input_size)])[0]
+        predicted = {s: to_size(result.masks[s], image.shape) for s in (*structures, Location.LUNG.value)}
         for structure in structures:
-            scores[structure].append(dice(to_size(result.masks[structure], image.shape), truth[structure]))
+            scores[structure].append(dice(predicted[structure], truth[structure]))
+        ratio_errors[enlarged].append(ratio(predicted) - ratio(truth))
     for structure, values in scores.items():
         print(f"{name:10s} phantom {structure:11s} Dice  mean {statistics.mean(values):.3f}  "
               f"min {min(values):.3f}  (n={len(values)})")
+    for enlarged, errors in ratio_errors.items():
+        if errors:
+            errors = np.asarray(errors)
+            print(f"{name:10s} phantom CTR error, {'enlarged' if enlarged else 'normal':8s} hearts: mean {np.nanmean(errors):+.3f}  "
+                  f"mean |error| {np.nanmean(np.abs(errors)):.3f}  max |error| {np.nanmax(np.abs(errors)):.3f}  (n={errors.size})")
 
 
 def main() -> None:
@@ -164,26 +188,33 @@ def main() -> None:
     parser.add_argument("--input-size", type=int, default=512, help="long side given to the backend (0: as stored)")
     parser.add_argument("--weights-dir", default=None, help="weights folder for cxas/pspnet (default: torchxrayvision's cache)")
     parser.add_argument("--per-image", action="store_true")
-    parser.add_argument("--phantoms", type=int, default=20, help="synthetic frontal phantoms scored per structure")
+    parser.add_argument("--phantoms", type=int, default=40, help="studies of the synthetic corpus whose frontal images are scored")
+    parser.add_argument("--phantom-seed", type=int, default=0)
+    parser.add_argument("--corpus", type=Path, default=None, help="score this synthetic corpus instead of writing one")
     args = parser.parse_args()
 
     if not (args.data / "manifest.csv").is_file():
         sys.exit(f"no dev set at {args.data} (expected manifest.csv and images/)")
-    cv2.setNumThreads(1)
-    torch.set_num_threads(1)
     cases = load_lung_dev_set(args.data)
-    phantoms = phantom_cases(args.phantoms)
-    for name in args.backends:
-        options = {} if name == "classical" else {"weights_dir": args.weights_dir}
-        try:
-            backend = BACKENDS[name](**options)
-            backend.load()
-        except MissingWeightsError as error:
-            print(f"{name:10s} skipped: {error}")
-            continue
-        evaluate(name, backend, cases, args.input_size, args.per_image)
-        evaluate_phantoms(name, backend, phantoms, args.input_size)
+    with tempfile.TemporaryDirectory() as folder:
+        corpus = args.corpus
+        if corpus is None:
+            from pipeline.synth import synthesize_corpus
 
+            corpus = Path(folder)
+            synthesize_corpus(corpus, args.phantoms, seed=args.phantom_seed)
+        cv2.setNumThreads(1)
+        torch.set_num_threads(1)
+        for name in args.backends:
+            options = {} if name == "classical" else {"weights_dir": args.weights_dir}
+            try:
+                backend = BACKENDS[name](**options)
+                backend.load()
+            except MissingWeightsError as error:
+                print(f"{name:10s} skipped: {error}")
+                continue
+            evaluate(name, backend, cases, args.input_size, args.per_image)
+            evaluate_phantoms(name, backend, phantom_cases(corpus), args.input_size)
 
 if __name__ == "__main__":
     main()

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import importlib.util
 import sys
 import time
 from collections import defaultdict
@@ -49,9 +50,11 @@ MESH_ZONES = {"base": 3, "lower lobe": 3, "costophrenic angle": 3, "cardiophreni
 
 
 def openi_tgz() -> Path:
-    import torchxrayvision
-
-    return Path(torchxrayvision.__file__).resolve().parent / "data" / "NLMCXR_reports.tgz"
+    """The OpenI reports that torchxrayvision ships (found without importing it: that would load torch)."""
+    spec = importlib.util.find_spec("torchxrayvision")
+    if spec is None or spec.origin is None:
+        sys.exit("torchxrayvision is not installed: pass --reports PATH")
+    return Path(spec.origin).resolve().parent / "data" / "NLMCXR_reports.tgz"
 
 
 def mesh_locations(modifiers: list[str]) -> set[str]:

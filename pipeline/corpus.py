@@ -1,141 +1,50 @@
-"""Index a corpus in the MIMIC-CXR-JPG layout into `Study` records (metadata, split, report files, images on disk)."""
+"""The index stage: the configured corpus reader (`corpus.reader`, `corpus.options`) turns the input into a
+`CorpusIndex` of `Study` records on the launching machine, before the DAG starts.
+
+The MIMIC-CXR-JPG layout's names (metadata files, path builders) are re-exported for the modules that write or
+read that layout (synthetic corpora, audits, benchmarks)."""
 from __future__ import annotations
 
-import hashlib
-import os
-from collections import defaultdict
-from dataclasses import dataclass, field
+from collections.abc import Iterator
 from pathlib import Path
 
-import pandas as pd
-
 from pipeline.errors import UserError
-from schemas.vocab import Stage
-from transforms.records import ErrorRecord, ImageRef, Study
+from schemas.config import CorpusConfig
+from transforms.corpus_readers import create_reader, detect_reader
+from transforms.corpus_readers.base import CorpusError, CorpusIndex, UnlistedImage, part_of
+from transforms.corpus_readers.mimic_cxr import METADATA_FILE, SPLIT_FILE, image_path, report_path
+from transforms.structuring import ReportText
 
-METADATA_FILE = "mimic-cxr-2.0.0-metadata.csv.gz"
-SPLIT_FILE = "mimic-cxr-2.0.0-split.csv.gz"
-# Image files the indexer recognises in a study folder, in order of preference for one dicom_id.
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".dcm")
-
-
-def image_path(subject_id: str, study_id: str, dicom_id: str, suffix: str = ".jpg") -> str:
-    return f"files/p{subject_id[:2]}/p{subject_id}/s{study_id}/{dicom_id}{suffix}"
+__all__ = ["CorpusIndex", "UnlistedImage", "corpus_reports", "index_corpus", "part_of", "METADATA_FILE", "SPLIT_FILE",
+           "image_path", "report_path"]
 
 
-def report_path(subject_id: str, study_id: str) -> str:
-    return f"files/p{subject_id[:2]}/p{subject_id}/s{study_id}.txt"
+def index_corpus(root: Path, corpus: CorpusConfig | None = None) -> CorpusIndex:
+    """Every study of the corpus at `root` as the configured reader sees it (default: MIMIC-CXR-JPG), with the image
+    files it found that no study lists; a corpus the reader cannot index is a UserError."""
+    corpus = corpus or CorpusConfig()
+    try:
+        return create_reader(corpus.reader, **corpus.options).index(Path(root))
+    except CorpusError as exc:
+        raise UserError(str(exc)) from None
 
 
-def part_of(subject_id: str, n_parts: int) -> int:
-    """The partition of a subject: a stable hash, so a patient's studies always land in the same part."""
-    digest = hashlib.sha256(subject_id.encode()).digest()
-    return int.from_bytes(digest[:8], "little") % n_parts
+def corpus_reports(path: Path, corpus: CorpusConfig | None = None, reader: str | None = None,
+                   ) -> tuple[str, Iterator[ReportText]]:
+    """The name of the reader and the report texts of any corpus (`mimic-ils structure`, `mimic-ils vocab mine`):
+    read by `reader`, else by the reader that recognises `path`; the config's `corpus.options` go to the config's
+    own reader. A corpus the reader cannot read is a UserError, also halfway through."""
+    corpus = corpus or CorpusConfig()
+    try:
+        name = reader or detect_reader(Path(path))
+        built = create_reader(name, **(corpus.options if name == corpus.reader else {}))
+    except CorpusError as exc:
+        raise UserError(str(exc)) from None
 
+    def reports() -> Iterator[ReportText]:
+        try:
+            yield from built.reports(Path(path))
+        except CorpusError as exc:
+            raise UserError(str(exc)) from None
 
-@dataclass(frozen=True)
-class UnlistedImage:
-    """An image file on disk that no metadata row names: an input that becomes one errors row."""
-
-    subject_id: str
-    study_id: str
-    dicom_id: str
-    path: str  # relative to the corpus root
-
-    def error(self) -> ErrorRecord:
-        return ErrorRecord(stage=Stage.READ.value, key=self.dicom_id, study_id=self.study_id, input_path=self.path,
-                           error_type="ImageNotInMetadata", message=f"image file has no row in {METADATA_FILE}")
-
-
-@dataclass
-class CorpusIndex:
-    studies: list[Study]
-    unlisted_images: list[UnlistedImage] = field(default_factory=list)
-
-    def part(self, index: int, n_parts: int) -> CorpusIndex:
-        """The studies and unlisted images whose subject falls in part `index` of `n_parts`."""
-        return CorpusIndex([s for s in self.studies if part_of(s.subject_id, n_parts) == index],
-                           [u for u in self.unlisted_images if part_of(u.subject_id, n_parts) == index])
-
-
-@dataclass
-class _Disk:
-    reports: dict[str, tuple[str, str]] = field(default_factory=dict)  # study_id -> (subject_id, path)
-    images: dict[tuple[str, str], tuple[str, str]] = field(default_factory=dict)  # (study, dicom) -> (subject, path)
-
-
-def _scan_files(root: Path) -> _Disk:
-    """Report files `files/pXX/pSUBJECT/sSTUDY.txt` and image files `.../sSTUDY/DICOM.<ext>` on disk."""
-    disk = _Disk()
-    files = root / "files"
-    for group in sorted(os.scandir(files), key=lambda e: e.name) if files.is_dir() else []:
-        if not group.is_dir():
-            continue
-        for patient in os.scandir(group.path):
-            if not patient.is_dir() or not patient.name.startswith("p"):
-                continue
-            subject_id = patient.name[1:]
-            for entry in os.scandir(patient.path):
-                if not entry.name.startswith("s"):
-                    continue
-                relative = f"files/{group.name}/{patient.name}/{entry.name}"
-                if entry.is_file() and entry.name.endswith(".txt"):
-                    disk.reports[entry.name[1:-4]] = (subject_id, relative)
-                elif entry.is_dir():
-                    for image in os.scandir(entry.path):
-                        stem, suffix = os.path.splitext(image.name)
-                        suffix = suffix.lower()
-                        if suffix not in IMAGE_SUFFIXES or not image.is_file():
-                            continue
-                        key = (entry.name[1:], stem)
-                        known = disk.images.get(key)
-                        if known is None or IMAGE_SUFFIXES.index(suffix) < IMAGE_SUFFIXES.index(
-                                os.path.splitext(known[1])[1].lower()):
-                            disk.images[key] = (subject_id, f"{relative}/{image.name}")
-    return disk
-
-
-def index_corpus(root: Path) -> CorpusIndex:
-    """Every study named by the metadata or by a report file (sorted by study id), and every image file on disk
-    that the metadata does not name. A metadata row points at the file on disk for its dicom_id (`.jpg`, `.png`
-    or `.dcm`), or at the `.jpg` it should be when there is none (then decoding it records the missing file)."""
-    root = Path(root)
-    if not root.is_dir():
-        raise UserError(f"input folder not found: {root}")
-    metadata_path, split_path = root / METADATA_FILE, root / SPLIT_FILE
-    disk = _scan_files(root)
-    if not metadata_path.is_file() and not disk.reports:
-        raise UserError(f"{root} is not a MIMIC-CXR-JPG folder: neither {METADATA_FILE} nor files/pXX/pSUBJECT/sSTUDY.txt found")
-    images: dict[str, list[ImageRef]] = defaultdict(list)
-    subjects: dict[str, str] = {}
-    listed: set[tuple[str, str]] = set()
-    if metadata_path.is_file():
-        meta = pd.read_csv(metadata_path, dtype=str, keep_default_na=False)
-        for row in meta.itertuples(index=False):
-            rows = int(row.Rows) if row.Rows.isdigit() else None
-            cols = int(row.Columns) if row.Columns.isdigit() else None
-            key = (row.study_id, row.dicom_id)
-            listed.add(key)
-            on_disk = disk.images.get(key)
-            path = on_disk[1] if on_disk else image_path(row.subject_id, row.study_id, row.dicom_id)
-            images[row.study_id].append(ImageRef(row.dicom_id, path, row.ViewPosition, rows, cols))
-            subjects[row.study_id] = row.subject_id
-    splits: dict[str, str] = {}
-    if split_path.is_file():
-        split = pd.read_csv(split_path, dtype=str, keep_default_na=False)
-        splits = dict(zip(split["study_id"], split["split"]))
-    studies = []
-    for study_id in sorted(set(images) | set(disk.reports)):
-        subject_id = subjects.get(study_id) or disk.reports[study_id][0]
-        report = disk.reports.get(study_id, (None, None))[1]
-        studies.append(Study(study_id=study_id, subject_id=subject_id, split=splits.get(study_id) or None,
-                             report_path=report, images=tuple(sorted(images.get(study_id, []), key=lambda i: i.dicom_id)),
-                             report_id=f"s{study_id}"))
-    unlisted = [UnlistedImage(subject_id, study_id, dicom_id, path)
-                for (study_id, dicom_id), (subject_id, path) in sorted(disk.images.items()) if (study_id, dicom_id) not in listed]
-    return CorpusIndex(studies, unlisted)
-
-
-def index_mimic_cxr_jpg(root: Path) -> list[Study]:
-    """Every study named by the metadata or by a report file, sorted by study id."""
-    return index_corpus(root).studies
+    return name, reports()

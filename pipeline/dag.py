@@ -15,14 +15,15 @@ from apache_beam.metrics import Metrics
 from apache_beam.utils import shared
 
 from anatomy_models.base import create as create_backend
-from schemas.config import PipelineConfig
+from schemas.config import PipelineConfig, StructuringConfig
 from schemas.vocab import Stage
 from transforms.grounding import empty_locations, ground_findings
 from transforms.image_results import ImageResult, encode_grounding
 from transforms.images import MAX_IMAGE_PIXELS, decode_for_models
 from transforms.pairs import build_study_outputs
 from transforms.records import ErrorRecord, Finding, ImageRef, Study
-from transforms.structuring import ReportText, RuleStructurer, load_vocabulary
+from transforms.llm_structurer import build_structurer
+from transforms.structuring import ReportText
 from pipeline.corpus import CorpusIndex, report_path
 from pipeline.writers import shard_of, write_shard
 
@@ -72,9 +73,10 @@ class ReadReports(beam.DoFn):
         self._read.inc()
         try:
             with timed(Stage.READ.value):
-                if study.report_path is None:
+                if study.report_path is None and study.report_text is None:
                     raise FileNotFoundError("no report file for this study (files/pXX/pSUBJECT/sSTUDY.txt)")
-                text = (Path(self._root) / study.report_path).read_bytes().decode("utf-8")
+                text = study.report_text if study.report_text is not None else (
+                    Path(self._root) / study.report_path).read_bytes().decode("utf-8")
             if not text.strip():
                 raise ValueError("report file is empty")
         except (OSError, UnicodeDecodeError, ValueError) as exc:
@@ -89,29 +91,37 @@ class ReadReports(beam.DoFn):
 class StructureReports(beam.DoFn):
     """Batches of (study, text) -> (study, findings), the structurer loaded once per worker."""
 
-    def __init__(self, vocabulary: str, handle: shared.Shared):
-        self._vocabulary, self._handle = vocabulary, handle
+    def __init__(self, structuring: StructuringConfig, handle: shared.Shared):
+        self._structuring, self._handle = structuring, handle
         self._findings = Metrics.counter(NAMESPACE, "findings")
 
     def setup(self):
-        self._structurer = self._handle.acquire(lambda: RuleStructurer(load_vocabulary(self._vocabulary)),
-                                                tag=f"structurer:{self._vocabulary}")
+        # the backend (rules, or a transformers model with the rules behind it) comes from the config
+        self._structurer = self._handle.acquire(lambda: build_structurer(self._structuring),
+                                                tag=f"structurer:{self._structuring.model_dump_json()}")
 
     def process(self, batch):
         readable = [(s, t) for s, t in batch if t is not None]
         try:
             with timed(Stage.STRUCTURE.value, len(readable)):
-                results = self._structurer.structure(
+                results, fallbacks = self._structurer.structure_with_fallbacks(
                     [ReportText(report_id=s.report_id or s.study_id, study_id=s.study_id, text=t) for s, t in readable])
         except Exception:  # one bad report must not sink the batch: retry one by one
-            results = []
+            results, fallbacks = [], {}
             for study, text in readable:
                 try:
-                    results += self._structurer.structure([ReportText(study.report_id or study.study_id, study.study_id, text)])
+                    found, fell_back = self._structurer.structure_with_fallbacks(
+                        [ReportText(study.report_id or study.study_id, study.study_id, text)])
+                    fallbacks.update({len(results): exc for exc in fell_back.values()})
+                    results += found
                 except Exception as exc:
                     yield beam.pvalue.TaggedOutput(ERRORS, error_record(Stage.STRUCTURE, study.report_id or study.study_id,
                                                                         study.study_id, study.report_path, exc))
                     results.append(None)
+        for index, exc in fallbacks.items():  # the model's answer was unusable: the rules' findings stand
+            study = readable[index][0]
+            yield beam.pvalue.TaggedOutput(ERRORS, error_record(Stage.STRUCTURE, study.report_id or study.study_id,
+                                                                study.study_id, study.report_path, exc))
         by_study = {s.study_id: r for (s, _), r in zip(readable, results)}
         for study, _ in batch:
             findings = by_study.get(study.study_id) or []
@@ -327,7 +337,7 @@ def build_pipeline(p: beam.Pipeline, corpus: CorpusIndex | list[Study], root: st
               | "Read reports" >> beam.ParDo(ReadReports(root)).with_outputs(ERRORS, main="reports"))
     structured = (read.reports
                   | "Batch reports" >> beam.BatchElements(min_batch_size=1, max_batch_size=256)
-                  | "Structure" >> beam.ParDo(StructureReports(config.structuring.vocabulary, shared.Shared()))
+                  | "Structure" >> beam.ParDo(StructureReports(config.structuring, shared.Shared()))
                   .with_outputs(ERRORS, FINDINGS, main="structured"))
     tasks = (structured.structured
              | "Image tasks" >> beam.ParDo(ImageTasks(root, config.corpus.frontal_views)).with_outputs(ERRORS, main="tasks"))

@@ -192,7 +192,7 @@ def _run_part(corpus: CorpusIndex, input_root: Path, out_dir: Path, config, beam
     prefix = shard_prefix(part, n_parts)
     started = time.perf_counter()
     pipeline = beam.Pipeline(options=options)
-    build_pipeline(pipeline, corpus, str(input_root), str(out_dir), config, prefix=prefix,
+    build_pipeline(pipeline, corpus, str(corpus.root or input_root), str(out_dir), config, prefix=prefix,
                    progress=_in_process(options) and sys.stderr.isatty())
     result = pipeline.run()
     result.wait_until_finish()
@@ -243,7 +243,9 @@ def _finish_run(out_dir: Path, input_root: Path, loaded: LoadedConfig, corpus: C
         "config_source": loaded.source,
         "config_hash": loaded.config_hash,
         "config": loaded.as_dict(),
-        "inputs": {"root": str(input_root), "reader": config.corpus.reader, "studies": len(corpus.studies),
+        # root: what image and report paths are relative to; input: what the user named (a manifest file, ...)
+        "inputs": {"root": str(corpus.root or input_root), "input": str(input_root), "reader": config.corpus.reader,
+                   "studies": len(corpus.studies),
                    "images": sum(len(s.images) for s in corpus.studies),
                    "unlisted_images": len(corpus.unlisted_images)},
         "beam_args": beam_args,
@@ -270,7 +272,7 @@ def run_pipeline(input_root: Path, out_dir: Path, loaded: LoadedConfig, beam_arg
     input_root, out_dir = Path(input_root).resolve(), Path(out_dir).resolve()
     config = loaded.config
     beam_args = [a for a in beam_args or [] if a != "--"]  # Beam's parser would drop every option after a bare --
-    corpus = index_corpus(input_root)
+    corpus = index_corpus(input_root, config.corpus)
     preflight_backends(config)
     plan_path = out_dir / PARTS_DIR / PLAN_FILE
     if partition is not None:

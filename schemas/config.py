@@ -22,7 +22,9 @@ class _Section(BaseModel):
 
 
 class CorpusConfig(_Section):
+    # a name in transforms/corpus_readers/ (mimic-cxr-jpg, openi, manifest); the reader validates its options
     reader: str = "mimic-cxr-jpg"
+    options: dict[str, Any] = Field(default_factory=dict)
     frontal_views: list[str] = Field(default_factory=lambda: list(FRONTAL_VIEWS))
 
 
@@ -153,3 +155,39 @@ def quality_config(config: PipelineConfig | QualityConfig | None = None, manifes
         return QualityConfig.model_validate((manifest or {}).get("config", {}).get("quality", {}))
     except ValidationError:
         return QualityConfig()
+
+
+class ClusteringConfig(_Section):
+    """HDBSCAN over the mined phrases of one kind (transforms/vocab_mining.py)."""
+
+    min_cluster_size: int = Field(2, ge=2)
+    min_samples: int | None = Field(1, ge=1)
+    cluster_selection_method: str = "leaf"
+    # clusters closer than this (euclidean distance of unit vectors, 0..2) are not split further
+    cluster_selection_epsilon: float = Field(0.0, ge=0, le=2)
+
+    @field_validator("cluster_selection_method")
+    @classmethod
+    def _known_method(cls, value: str) -> str:
+        if value not in {"leaf", "eom"}:
+            raise ValueError(f"cluster_selection_method must be 'leaf' or 'eom', got '{value}'")
+        return value
+
+
+class VocabMiningConfig(_Section):
+    """What makes a phrase location- or lesion-like for `mimic-ils vocab mine` (configs/mining/<name>.yaml)."""
+
+    name: str
+    location_words: list[str]
+    location_modifiers: list[str] = Field(default_factory=list)
+    lesion_stems: list[str]
+    redaction_tokens: list[str] = Field(default_factory=list)
+    qualifiers: list[str] = Field(default_factory=list)  # left off the ends of lesion-like phrases ("mild")
+    max_phrase_tokens: int = Field(6, ge=1)
+    examples_per_group: int = Field(3, ge=0)
+    # known words inside unknown ones: endings to strip ("bases" -> "base"), prefix -> the side word it means
+    word_endings: list[str] = Field(default_factory=list)
+    prefixes: dict[str, str] = Field(default_factory=dict)
+    # share of the cosine between location phrases that comes from the CXAS locations of their known words
+    profile_weight: float = Field(0.5, ge=0, le=1)
+    clustering: ClusteringConfig = Field(default_factory=ClusteringConfig)

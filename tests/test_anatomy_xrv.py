@@ -14,6 +14,7 @@ from torchxrayvision.baseline_models.chestx_det.ptsemseg.pspnet import pspnet
 from anatomy_models.cxas import CxasAnatomy
 from anatomy_models.pspnet import PspnetAnatomy
 from anatomy_models.weights import CXAS_WEIGHTS, PSPNET_WEIGHTS, MissingWeightsError, resolve_weights
+from anatomy_models.xrv_segmenter import pick_precision
 from schemas.vocab import Location
 
 EXPECTED_LOCATIONS = {location.value for location in Location}
@@ -103,3 +104,51 @@ def test_bad_options_are_clear_errors():
         CxasAnatomy(treshold=0.4)
     with pytest.raises(ValueError, match="pspnet.*thresholds"):
         PspnetAnatomy(thresholds={"spleen": 0.3})
+
+
+@pytest.mark.parametrize(("requested", "bf16_supported", "expected"), [
+    ("auto", True, torch.bfloat16), ("auto", False, torch.float16), ("fp16", True, torch.float16),
+    ("bf16", True, torch.bfloat16), ("fp32", True, None),
+])
+def test_cuda_precision_follows_the_gpu(monkeypatch, requested, bf16_supported, expected):
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: bf16_supported)
+    assert pick_precision(requested, torch.device("cuda")) == expected
+
+
+def test_cpu_runs_fp32_unless_bf16_is_asked_for(monkeypatch):
+    cpu = torch.device("cpu")
+    assert pick_precision("auto", cpu) is None and pick_precision("fp32", cpu) is None
+    assert pick_precision("bf16", cpu) == torch.bfloat16
+    with pytest.raises(ValueError, match="fp16.*CUDA"):
+        pick_precision("fp16", cpu)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: False)
+    with pytest.raises(ValueError, match="bfloat16"):
+        pick_precision("bf16", torch.device("cuda"))
+
+
+def test_auto_device_is_cpu_here_and_cuda_when_present(monkeypatch, cxas_cache):
+    directory, _ = cxas_cache
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    backend = CxasAnatomy(weights_dir=str(directory))
+    assert backend.device == torch.device("cpu") and backend.precision is None
+    with pytest.raises(ValueError, match="cxas.*fp16"):
+        CxasAnatomy(weights_dir=str(directory), precision="fp16")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: True)
+    backend = CxasAnatomy(weights_dir=str(directory))  # nothing touches the GPU before load()
+    assert backend.device == torch.device("cuda") and backend.precision == torch.bfloat16
+
+
+def test_reduced_precision_forward_gives_fp32_probabilities_at_input_size(cxas_cache):
+    directory, _ = cxas_cache
+    image = _images()[0]
+    reference = CxasAnatomy(weights_dir=str(directory), device="cpu").segment([image])[0]
+    backend = CxasAnatomy(weights_dir=str(directory), device="cpu", precision="bf16")
+    backend.load()
+    seen = []
+    backend.model.register_forward_hook(lambda module, inputs, output: seen.append(output.dtype))
+    (result,) = backend.segment([image])
+    assert seen == [torch.bfloat16]  # the forward ran under autocast
+    _check_results([result], [image], "cxas", {"mediastinum"})
+    lung, expected = result.masks[Location.LUNG.value], reference.masks[Location.LUNG.value]
+    assert (lung == expected).mean() > 0.95  # bf16 rounding moves only pixels at the threshold

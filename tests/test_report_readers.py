@@ -1,4 +1,4 @@
-"""Corpus readers: MIMIC-CXR layout, OpenI XML (folder and the torchxrayvision .tgz), CSV."""
+"""Report texts of the corpus readers: MIMIC-CXR layout, OpenI XML (folder and the torchxrayvision .tgz), CSV."""
 import csv
 import importlib.util
 import tarfile
@@ -7,7 +7,6 @@ from pathlib import Path
 import pytest
 
 from transforms.report_readers import (
-    iter_csv_reports,
     iter_mimic_reports,
     iter_openi_reports,
     iter_reports,
@@ -87,11 +86,14 @@ def test_csv_reader_with_named_columns(tmp_path):
         writer.writerow(["accession", "study", "report_text"])
         writer.writerow(["A1", "S1", "FINDINGS: Small left effusion.\nIMPRESSION: Effusion, unchanged."])
         writer.writerow(["A2", "S2", "No acute cardiopulmonary process."])
-    reports = list(iter_csv_reports(path, id_column="accession", text_column="report_text", study_column="study"))
+    columns = {"report_id": "accession", "report_text": "report_text", "study_id": "study"}
+    reports = list(iter_reports(path, columns=columns))
     assert reports[0] == ReportText("A1", "S1", "FINDINGS: Small left effusion.\nIMPRESSION: Effusion, unchanged.")
-    assert [r.report_id for r in iter_reports(path, id_column="accession", text_column="report_text")] == ["A1", "A2"]
-    with pytest.raises(ValueError, match="missing column"):
-        list(iter_csv_reports(path))
+    assert [r.report_id for r in iter_reports(path, columns={"report_id": "accession"})] == ["A1", "A2"]
+    with pytest.raises(ValueError, match="needs a study_id or report_id column"):
+        list(iter_reports(path))
+    with pytest.raises(ValueError, match="column.s. report_text=findings not found"):
+        list(iter_reports(path, columns={"report_id": "accession", "report_text": "findings"}))
 
 
 def test_unknown_inputs_fail_clearly(tmp_path):

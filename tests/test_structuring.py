@@ -1,4 +1,6 @@
 """The rule structurer on the constructions of issue 3, with real-looking report sentences."""
+from dataclasses import replace
+
 import pytest
 
 from schemas.vocab import LesionType, Location
@@ -297,3 +299,68 @@ def test_a_lesion_with_its_own_location_keeps_it(structurer):
 def test_sentences_without_trigger_words_are_not_tokenized(structurer):
     assert not structurer.triggers("Osseous structures are intact.")
     assert structurer.triggers("Heart size is normal.") and structurer.triggers("No acute process.")
+
+
+def test_sentences_need_the_words_of_a_whole_trigger_phrase(structurer):
+    # "pulmonary" starts "pulmonary edema" and "lungs" starts "lungs are clear": neither phrase is here
+    assert not structurer.triggers("Pulmonary vasculature is normal.")
+    assert not structurer.triggers("The lungs are hyperinflated.")
+    assert structurer.triggers("Lungs are clear.")
+
+
+@pytest.mark.parametrize(
+    "sentence, expected",
+    [
+        # a negation between a compound's subject and its predicate
+        ("The heart is not grossly enlarged.", {"cardiomegaly": ("absent", "definite", (Location.HEART.value,))}),
+        ("Heart size is upper limits normal.", {"cardiomegaly": ("present", "uncertain", (Location.HEART.value,))}),
+        # hedges: differentials, requests for correlation, the clinical setting, "also possible", "maybe"
+        ("Considerations would include pericardial effusion or dilated cardiomyopathy.",
+         {"effusion": ("present", "uncertain", (Location.HEART.value,))}),
+        ("Please correlate clinically for pneumonia.", {"pneumonia": ("present", "uncertain", ())}),
+        ("In the appropriate clinical setting this appearance is compatible with pneumonia.",
+         {"pneumonia": ("present", "uncertain", ())}),
+        ("Aspiration or edema are also possible.", {"edema": ("present", "uncertain", ())}),
+        ("Maybe due to scarring and/or atelectasis.", {"atelectasis": ("present", "uncertain", ())}),
+        ("Findings are strongly suggestive of pneumonia.", {"pneumonia": ("present", "definite", ())}),
+        # "without significant interval change" compares; it negates nothing
+        ("There is redemonstration without significant interval change of mild subsegmental atelectasis of the "
+         "left base.", {"atelectasis": ("present", "definite", (LEFT_BASE,))}),
+    ],
+)
+def test_more_assertion_cues(structurer, sentence, expected):
+    found = facts(structurer, sentence)
+    assert {k: found[k] for k in expected} == expected
+
+
+def test_a_hedge_reaches_across_with_and_a_negation_does_not(structurer):
+    assert facts(structurer, "Suspected left hilar mass with obstructive atelectasis.")["atelectasis"][:2] == (
+        "present", "uncertain")
+    found = facts(structurer, "No cardiomegaly with bilateral pleural effusions.")
+    assert found["cardiomegaly"][0] == "absent"
+    assert found["effusion"] == ("present", "definite", (LEFT_LUNG, RIGHT_LUNG))
+    # a size after "with" starts a finding of its own, which the hedge before does not reach
+    found = facts(structurer, "Possible right lower lobe pneumonia with small right effusion.")
+    assert found["pneumonia"][1] == "uncertain" and found["effusion"][:2] == ("present", "definite")
+
+
+def test_findings_are_complete_records(structurer):
+    found = structure(structurer, "FINDINGS:  Small left effusion.  Heart size is normal.\n\n"
+                                  "IMPRESSION:  No acute cardiopulmonary process.\n")
+    # each equals the Finding its dataclass __init__ makes from the same fields (no field missing)
+    assert found == [replace(f) for f in found] and len(found) == 7
+
+
+def test_sentences_read_many_to_a_doc_read_as_if_alone(structurer):
+    texts = ["No pleural effusion or pneumothorax.", "Retrocardiac opacity may represent atelectasis.",
+             "Osseous structures are intact.", "Heart size is normal.", "Small left pleural\n effusion.",
+             "Right greater than left pleural effusions."]
+    structurer.clear_cache()
+    packed = structurer.sentence_facts(texts)
+    alone = []
+    for text in texts:
+        structurer.clear_cache()
+        alone += structurer.sentence_facts([text])
+    assert packed == alone and all(packed[i] for i in (0, 1, 3, 4, 5)) and packed[2] == ()
+    # a doc made without sentence spans is one sentence
+    assert [m.entity for m in structurer.nlp("Small left effusion.").user_data["cxr_mentions"][0]] == ["effusion"]

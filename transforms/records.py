@@ -40,6 +40,7 @@ class Study:
     report_path: str | None  # relative to the corpus root; None when the study has no report file
     images: tuple[ImageRef, ...] = ()
     report_id: str | None = None  # the corpus's own report id (`s50414267` for MIMIC-CXR)
+    report_text: str | None = None  # the report itself when it is no file of its own (OpenI, manifests)
 
 
 @dataclass(frozen=True)

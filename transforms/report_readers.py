@@ -1,10 +1,9 @@
-"""Corpus readers that yield report texts: MIMIC-CXR layout, OpenI XML (folder or .tgz), CSV.
+"""Report texts of the corpus formats: MIMIC-CXR report files, OpenI XML (folder or .tgz).
 
-A new corpus comes in as one more reader here; `iter_reports` picks the reader by what the path is.
+The corpus readers (`transforms/corpus_readers/`) build on these; `iter_reports` reads any corpus through them.
 """
 from __future__ import annotations
 
-import csv
 import re
 import tarfile
 import xml.etree.ElementTree as ET
@@ -54,57 +53,34 @@ def _openi_sort_key(name: str) -> tuple[int, str]:
     return (int(stem), stem) if stem.isdigit() else (1 << 62, stem)
 
 
-def iter_openi_reports(path: str | Path) -> Iterator[ReportText]:
-    """OpenI reports from a folder of XML files or the NLMCXR_reports `.tgz`, in numeric file order."""
+def iter_openi_xml(path: str | Path) -> Iterator[tuple[str, bytes]]:
+    """(name, XML bytes) of each OpenI report in a folder of XML files or the NLMCXR_reports `.tgz`, in numeric
+    file order; names are relative to the folder, or `ARCHIVE:MEMBER` for an archive."""
     path = Path(path)
     if path.is_dir():
         for xml_path in sorted(path.rglob("*.xml"), key=lambda p: _openi_sort_key(p.name)):
-            yield openi_report_from_xml(xml_path.read_bytes())
+            yield xml_path.relative_to(path).as_posix(), xml_path.read_bytes()
         return
     with tarfile.open(path, "r:*") as archive:
         members = [m for m in archive.getmembers() if m.isfile() and m.name.endswith(".xml")]
         for member in sorted(members, key=lambda m: _openi_sort_key(m.name)):
             handle = archive.extractfile(member)
             if handle is not None:
-                yield openi_report_from_xml(handle.read())
+                yield f"{path.name}:{member.name}", handle.read()
 
 
-def iter_csv_reports(
-    path: str | Path, id_column: str = "report_id", text_column: str = "text", study_column: str | None = None
-) -> Iterator[ReportText]:
-    """One report per CSV row; `study_id` is `study_column` when given, else the report id."""
-    with open(path, newline="", encoding="utf-8") as handle:
-        reader = csv.DictReader(handle)
-        missing = {id_column, text_column, *( [study_column] if study_column else [])} - set(reader.fieldnames or [])
-        if missing:
-            raise ValueError(f"{path}: missing column(s) {sorted(missing)}; columns are {reader.fieldnames}")
-        for row in reader:
-            report_id = row[id_column]
-            yield ReportText(
-                report_id=report_id,
-                study_id=row[study_column] if study_column else report_id,
-                text=row[text_column] or "",
-            )
+def iter_openi_reports(path: str | Path) -> Iterator[ReportText]:
+    """OpenI reports from a folder of XML files or the NLMCXR_reports `.tgz`, in numeric file order."""
+    for _, xml_bytes in iter_openi_xml(path):
+        yield openi_report_from_xml(xml_bytes)
 
 
-def iter_reports(path: str | Path, **csv_columns: str) -> Iterator[ReportText]:
-    """Reports from a CSV file, an OpenI `.tgz`/XML folder, or a MIMIC-CXR layout root."""
+def iter_reports(path: str | Path, reader: str | None = None, **options) -> Iterator[ReportText]:
+    """Reports of the corpus at `path`, read by the corpus reader `reader` (built with `options`), or by the first
+    reader that recognises the path: a MIMIC-CXR root, an OpenI `.tgz`/XML folder, a CSV/Parquet manifest."""
+    from transforms.corpus_readers import create_reader, detect_reader  # the readers build on this module
+
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"no such report input: {path}")
-    name = path.name.lower()
-    if path.is_file() and name.endswith(".csv"):
-        return iter_csv_reports(path, **csv_columns)
-    if path.is_file() and name.endswith((".tgz", ".tar.gz", ".tar")):
-        return iter_openi_reports(path)
-    if path.is_file() and name.endswith(".xml"):
-        return iter([openi_report_from_xml(path.read_bytes())])
-    if path.is_dir():
-        if (path / "files").is_dir() or next(path.glob("p*/p*/s*.txt"), None) is not None:
-            return iter_mimic_reports(path)
-        if next(path.rglob("*.xml"), None) is not None:
-            return iter_openi_reports(path)
-    raise ValueError(
-        f"{path}: not a report corpus (expected a MIMIC-CXR root with files/pXX/pSUBJECT/sSTUDY.txt, "
-        "an OpenI XML folder or .tgz, or a .csv of reports)"
-    )
+    return create_reader(reader or detect_reader(path), **options).reports(path)

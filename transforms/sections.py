@@ -15,7 +15,8 @@ the reference, all additive:
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from functools import lru_cache
+from typing import NamedTuple
 
 FINDINGS = "FINDINGS"
 IMPRESSION = "IMPRESSION"
@@ -25,14 +26,17 @@ ADDENDUM = "ADDENDUM"
 FULL_REPORT = "FULL_REPORT"
 
 
-@dataclass(frozen=True)
-class Section:
+class Section(NamedTuple):  # a named tuple: made for every header of every report, it must be cheap
     name: str  # normalised, upper case: 'FINDINGS', 'IMPRESSION', 'LAST_PARAGRAPH', ...
     start: int  # char offsets of the section's text (after its header) in the report
     end: int
 
 
-_HEADER = re.compile(r"(?m)^[ \t]*([A-Z][A-Z ()/,&-]*[A-Z)])[ \t]*:")
+# A header at the start of the text and after a line break (two patterns: one that starts with the
+# line break lets the regex engine skip to candidates in C, which `(?m)^` does not).
+_FIRST_HEADER = re.compile(r"[ \t]*([A-Z][A-Z ()/,&-]*[A-Z)])[ \t]*:")
+_LINE_HEADER = re.compile(r"\n[ \t]*([A-Z][A-Z ()/,&-]*[A-Z)])[ \t]*:")
+_NON_SPACE = re.compile(r"\S")
 _UNDERSCORE_LINE = re.compile(r"(?m)^[ \t]*_{8,}[ \t]*$")
 _BLANK_LINE = re.compile(r"\n[ \t]*\n")
 
@@ -60,6 +64,7 @@ _NAME_MAP = {
     "COINCLUSION": IMPRESSION,
 }
 _MAIN_NAMES = (IMPRESSION, FINDINGS, "HISTORY", "COMPARISON", ADDENDUM)
+_MAIN_TEXT = (FINDINGS, IMPRESSION)  # the sections that hold what was seen
 # Headers that describe the whole study ("CHEST, PA AND LATERAL:") hold findings.
 _STUDY_DESCRIPTION = re.compile(
     r"CHEST|PORTABLE|PA AND LATERAL|LATERAL AND PA|AP AND LATERAL|LATERAL AND AP|FRONTAL AND|"
@@ -68,6 +73,7 @@ _STUDY_DESCRIPTION = re.compile(
 )
 
 
+@lru_cache(maxsize=4096)  # headers repeat across reports
 def normalise_section_name(header: str) -> str:
     name = " ".join(header.upper().split())
     if name in _NAME_MAP:
@@ -80,17 +86,24 @@ def normalise_section_name(header: str) -> str:
     return name.replace(" ", "_")
 
 
+def _headers(body: str) -> list[tuple[int, int, int, str]]:
+    """(line start, name start, end, name) of each header line of `body`."""
+    first = _FIRST_HEADER.match(body)
+    headers = [(0, first.start(1), first.end(), first.group(1))] if first else []
+    for match in _LINE_HEADER.finditer(body, first.end() if first else 0):
+        headers.append((match.start() + 1, match.start(1), match.end(), match.group(1)))
+    return headers
+
+
 def _headed_sections(text: str, offset: int, end: int) -> list[Section]:
     body = text[offset:end]
-    headers = list(_HEADER.finditer(body))
+    headers = _headers(body)
     if not headers:
         return [Section(FULL_REPORT, offset, end)]
-    sections = [Section(PREAMBLE, offset, offset + headers[0].start(1))]
-    for i, header in enumerate(headers):
-        section_end = headers[i + 1].start() if i + 1 < len(headers) else len(body)
-        sections.append(
-            Section(normalise_section_name(header.group(1)), offset + header.end(), offset + section_end)
-        )
+    sections = [Section(PREAMBLE, offset, offset + headers[0][1])]
+    for i, (_, _, header_end, name) in enumerate(headers):
+        section_end = headers[i + 1][0] if i + 1 < len(headers) else len(body)
+        sections.append(Section(normalise_section_name(name), offset + header_end, offset + section_end))
     return sections
 
 
@@ -109,15 +122,15 @@ def parse_sections(text: str) -> list[Section]:
     """Sections of a report in text order; empty FINDINGS/IMPRESSION sections are dropped."""
     sections: list[Section] = []
     report_start = 0
-    underscore = _UNDERSCORE_LINE.search(text)
+    underscore = _UNDERSCORE_LINE.search(text) if "_" * 8 in text else None
     if underscore is not None and text[: underscore.start()].strip():
         sections.append(Section(ADDENDUM, 0, underscore.start()))
         report_start = underscore.end()
     sections.extend(_headed_sections(text, report_start, len(text)))
     sections = [
-        s for s in sections if s.name not in (FINDINGS, IMPRESSION) or text[s.start : s.end].strip()
+        s for s in sections if s.name not in _MAIN_TEXT or _NON_SPACE.search(text, s.start, s.end) is not None
     ]
-    if not any(s.name in (FINDINGS, IMPRESSION) for s in sections):
+    if not any(s.name in _MAIN_TEXT for s in sections):
         head, tail = _last_paragraph(text, sections[-1])
         sections[-1:] = [head, tail] if head.end > head.start else [tail]
     return sections

@@ -21,10 +21,11 @@ from __future__ import annotations
 
 import hashlib
 import re
-from bisect import bisect_right
+from bisect import bisect_left, bisect_right
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import spacy
 import yaml
@@ -35,12 +36,12 @@ from spacy.matcher import PhraseMatcher
 from configs import VOCABULARY_DIR
 from schemas.vocab import LUNG_BY_SIDE, ZONES_BY_SIDE, Certainty, LesionType, Location, Presence
 from transforms.records import Finding, Sentence
-from transforms.sections import parse_sections
-from transforms.sentences import split_sentences
+from transforms.sections import Section, parse_sections, sentence_sections
+from transforms.sentences import sentence_spans, split_sentences
 
 PRE_CUES = ("negation_pre", "uncertainty_pre")
 POST_CUES = ("negation_post", "uncertainty_post")
-CUE_KINDS = (*PRE_CUES, *POST_CUES, "pseudo", "terminators", "alternatives")
+CUE_KINDS = (*PRE_CUES, *POST_CUES, "pseudo", "terminators", "negation_terminators", "alternatives")
 ZONE_INDEX = {"apical": 0, "upper": 1, "mid": 2, "base": 3}
 SIDES = ("right", "left")
 # How far (tokens) an alternative ("or", "versus") reaches for the mention on each side.
@@ -219,21 +220,51 @@ _VocabularyLoader.yaml_implicit_resolvers = {
 
 
 def load_vocabulary(name_or_path: str) -> Vocabulary:
-    """A vocabulary by name (configs/vocabularies/<name>.yaml) or by path to a YAML file."""
+    """A vocabulary by name (configs/vocabularies/<name>.yaml) or by path to a YAML file; a file with
+    `extends: NAME_OR_PATH` (a path relative to that file) adds its phrases to that vocabulary."""
+    return Vocabulary.from_dict(vocabulary_data(name_or_path))
+
+
+def vocabulary_data(name_or_path: str, seen: tuple[Path, ...] = ()) -> dict:
+    """The vocabulary's YAML as a dict, `extends` chains merged (see `extend_vocabulary`)."""
     path = Path(name_or_path)
     if not (path.suffix in (".yaml", ".yml") and path.exists()):
         path = VOCABULARY_DIR / f"{name_or_path}.yaml"
     if not path.exists():
         known = sorted(p.stem for p in VOCABULARY_DIR.glob("*.yaml"))
         raise FileNotFoundError(f"no vocabulary '{name_or_path}' (a YAML path, or one of {known})")
+    if path.resolve() in seen:
+        raise ValueError(f"vocabulary 'extends' loops through {path}")
     with open(path, encoding="utf-8") as handle:
-        return Vocabulary.from_dict(yaml.load(handle, Loader=_VocabularyLoader))
+        data = yaml.load(handle, Loader=_VocabularyLoader) or {}
+    parent = data.pop("extends", None)
+    if parent is None:
+        return data
+    if str(parent).endswith((".yaml", ".yml")):
+        parent = str(path.parent / Path(parent).expanduser())
+    return extend_vocabulary(vocabulary_data(parent, (*seen, path.resolve())), data)
+
+
+def extend_vocabulary(base: dict, overlay: dict) -> dict:
+    """An overlay adds to its base: mappings merge key by key, lists gain the overlay's new items, other
+    values (name, scope_tokens, ...) are replaced."""
+    merged = dict(base)
+    for key, value in overlay.items():
+        known = merged.get(key)
+        if isinstance(value, dict) and isinstance(known, dict):
+            merged[key] = extend_vocabulary(known, value)
+        elif isinstance(value, list) and isinstance(known, list):
+            merged[key] = known + [item for item in value if item not in known]
+        else:
+            merged[key] = value
+    return merged
 
 
 # ---------------------------------------------------------------- matching (component `cxr_terms`)
 
 # Layers of matches; within a layer the longest of overlapping matches wins.
 LESION, SUBJECT, PREDICATE, CUE, LOCATION, REPORT, LINK = range(7)
+N_LAYERS = 7
 
 
 @dataclass(frozen=True)
@@ -324,12 +355,18 @@ class TermMatcher:
             self.payloads[nlp.vocab.strings[label]] = table[phrase]
 
     def __call__(self, doc):
-        layers: list[list[tuple[int, int, object]]] = [[] for _ in range(7)]
+        layers: list[list[tuple[int, int, object]]] = [[] for _ in range(N_LAYERS)]
+        payloads = self.payloads
         for key, start, end in self.matcher(doc):
-            for layer, payload in self.payloads[key]:
+            for layer, payload in payloads[key]:
                 layers[layer].append((start, end, payload))
-        doc.user_data["cxr_terms"] = [_longest(matches) if matches else matches for matches in layers]
+        doc.user_data["cxr_terms"] = [_longest(matches) if len(matches) > 1 else matches for matches in layers]
         return doc
+
+    def pipe(self, docs, batch_size: int = 256):
+        """What `nlp.pipe` calls: one loop over the stream instead of spaCy's guarded call per doc."""
+        for doc in docs:
+            yield self(doc)
 
 
 @Language.factory("cxr_terms", default_config={"vocabulary": {}})
@@ -346,7 +383,6 @@ class Mention:
     start: int  # tokens
     end: int
     anchor: int  # the token pre-cues must precede (a compound's predicate)
-    sentence: int
     clause: int
     presence: str = Presence.PRESENT.value
     certainty: str = Certainty.DEFINITE.value
@@ -363,11 +399,14 @@ _DEFINITE, _UNCERTAIN = Certainty.DEFINITE.value, Certainty.UNCERTAIN.value
 
 
 class AssertionAnnotator:
-    """Mentions with presence, certainty and locations; `doc.user_data['cxr_mentions']`.
+    """Mentions with presence, certainty and locations: `doc.user_data['cxr_mentions']`, one list per
+    sentence, offsets in the sentence's text.
 
-    Reads sentence spans (doc char offsets) from `doc.user_data['cxr_sentences']`; without them the
-    whole doc is one sentence. Work is per clause (a sentence cut at terminators), so a cue or a
-    location phrase only ever reaches the mentions of its own clause.
+    The sentences are `doc.user_data['cxr_sentences']` ((first token, end token, first char) each):
+    the structurer packs many sentences into one doc, since making a doc costs more than reading it.
+    Without them the whole doc is one sentence. Cues, locations and links never cross a sentence end.
+    Work is per clause (the sentence cut at terminators), so a cue or a location phrase only ever
+    reaches the mentions of its own clause.
     """
 
     def __init__(self, vocabulary: Vocabulary):
@@ -375,84 +414,82 @@ class AssertionAnnotator:
         self.scope = vocabulary.scope_tokens
 
     def __call__(self, doc):
-        lesions, subjects, predicates, cues, locations, reports, links = doc.user_data["cxr_terms"]
+        terms = doc.user_data["cxr_terms"]
+        sentences = doc.user_data.get("cxr_sentences")
+        if sentences is None:
+            doc.user_data["cxr_mentions"] = [self._mentions(doc, terms, 0)]
+        else:
+            doc.user_data["cxr_mentions"] = [
+                self._mentions(doc, layers, first_char)
+                for (_, _, first_char), layers in zip(sentences, _by_sentence(terms, sentences))
+            ]
+        return doc
+
+    def _mentions(self, doc, terms, first_char: int) -> list[Mention]:
+        """The mentions of one sentence, given its matches (token indices in the doc)."""
+        lesions, subjects, predicates, cues, locations, reports, links = terms
         if not (lesions or subjects or reports):
-            doc.user_data["cxr_mentions"] = []
-            return doc
-        text = doc.user_data.get("cxr_text")
-        if text is None:
-            text = doc.user_data["cxr_text"] = doc.text
-        sentence_spans = doc.user_data.get("cxr_sentences") or [(0, len(text))]
-        sentence_starts = [start for start, _ in sentence_spans]
-        # Token offsets in one C call: Token objects are the cost on this path.
-        token_chars = doc.to_array(IDX).tolist()
-        token_chars.append(len(text))
-
-        def sentence_of(token: int) -> int:
-            char = token_chars[token]
-            index = bisect_right(sentence_starts, char) - 1
-            return index if index >= 0 and char < sentence_spans[index][1] else -1
-
-        terminators: dict[int, list[int]] = {}
+            return []
+        terminators: list[int] = []  # every clause end
+        hedge_ends: list[int] = []  # the clause ends that stop hedges too
         active_cues = []
-        for start, end, kind in cues:
-            sent = sentence_of(start)
-            if sent < 0:
-                continue
+        for cue in cues:
+            kind = cue[2]
             if kind == "terminators":
-                terminators.setdefault(sent, []).append(start)
+                terminators.append(cue[0])
+                hedge_ends.append(cue[0])
+            elif kind == "negation_terminators":
+                terminators.append(cue[0])
             elif kind != "pseudo":
-                active_cues.append((start, end, kind, sent))
+                active_cues.append(cue)
 
-        def clause_of(sent: int, token: int) -> int:
-            bounds = terminators.get(sent)
-            return bisect_right(bounds, token) if bounds else 0
+        def clause_of(token: int) -> int:
+            return bisect_right(terminators, token) if terminators else 0
 
-        mentions: list[Mention] = []
-        for start, end, entity in lesions:
-            if entity is not None:
-                sent = sentence_of(start)
-                if sent >= 0:
-                    mentions.append(Mention(entity, start, end, start, sent, clause_of(sent, start)))
+        mentions = [Mention(entity, start, end, start, clause_of(start)) for start, end, entity in lesions
+                    if entity is not None]
         if subjects and predicates:
-            mentions.extend(self._compound_mentions(subjects, predicates, lesions, sentence_of, clause_of))
+            mentions.extend(self._compound_mentions(subjects, predicates, lesions, clause_of))
         for start, end, fact in reports:
-            sent = sentence_of(start)
-            if sent >= 0:
-                mentions.append(Mention(None, start, end, start, sent, clause_of(sent, start), report_fact=fact))
+            mentions.append(Mention(None, start, end, start, clause_of(start), report_fact=fact))
         mentions.sort(key=lambda m: (m.start, m.end))
-        clauses: dict[tuple[int, int], list[Mention]] = {}
+        clauses: dict[int, list[Mention]] = {}
         for mention in mentions:
-            clauses.setdefault((mention.sentence, mention.clause), []).append(mention)
-        for start, end, kind, sent in active_cues:
-            governed = clauses.get((sent, clause_of(sent, start)))
+            clauses.setdefault(mention.clause, []).append(mention)
+        for start, end, kind in active_cues:
+            if kind == "uncertainty_pre" and len(hedge_ends) < len(terminators):
+                # "suspected hilar mass with obstructive atelectasis": a hedge reaches forward across
+                # a negation-only clause end
+                hedge_clause = bisect_right(hedge_ends, start)
+                governed = [m for m in mentions if bisect_right(hedge_ends, m.start) == hedge_clause]
+            else:
+                governed = clauses.get(clause_of(start))
             if governed:
                 self._apply_cue(start, end, kind, governed)
         if locations:
-            self._attach_locations(doc, clauses, mentions, locations, sentence_of, clause_of)
+            self._attach_locations(doc, clauses, mentions, locations, clause_of)
             self._share_leading_locations(doc, mentions)
             if links:
-                self._hand_on_locations(mentions, links, sentence_of)
+                self._hand_on_locations(mentions, links)
         for mention in mentions:
-            mention.char_start = token_chars[mention.start]
-            end = token_chars[mention.end]
-            while end > mention.char_start and text[end - 1].isspace():
-                end -= 1
-            mention.char_end = end
-        doc.user_data["cxr_mentions"] = mentions
-        return doc
+            last = doc[mention.end - 1]
+            mention.char_start = doc[mention.start].idx - first_char
+            mention.char_end = last.idx + len(last) - first_char
+        return mentions
 
-    def _compound_mentions(self, subjects, predicates, lesions, sentence_of, clause_of) -> list[Mention]:
+    def pipe(self, docs, batch_size: int = 256):
+        """What `nlp.pipe` calls: one loop over the stream instead of spaCy's guarded call per doc."""
+        for doc in docs:
+            yield self(doc)
+
+    def _compound_mentions(self, subjects, predicates, lesions, clause_of) -> list[Mention]:
         found = []
         direct = [(s, e) for s, e, entity in lesions if entity]
         for start, end, index in subjects:
             compound = self.vocabulary.compound_lesions[index]
-            sent = sentence_of(start)
-            if sent < 0:
-                continue
             after = before = None
             for predicate in predicates:
-                if predicate[2][0] != index or sentence_of(predicate[0]) != sent:
+                if predicate[2][0] != index:
                     continue
                 if after is None and end <= predicate[0] <= end + compound.max_gap_after:
                     after = predicate
@@ -467,7 +504,7 @@ class AssertionAnnotator:
             kind = predicate[2][1]
             found.append(
                 Mention(
-                    compound.entity, span_start, span_end, predicate[0], sent, clause_of(sent, span_start),
+                    compound.entity, span_start, span_end, predicate[0], clause_of(span_start),
                     presence=_ABSENT if kind == "absent" else _PRESENT,
                     certainty=_UNCERTAIN if kind == "uncertain" else _DEFINITE,
                     negated=kind == "absent",
@@ -492,7 +529,9 @@ class AssertionAnnotator:
             if pre:
                 if not (start < mention.anchor and end <= mention.end and mention.anchor - end <= scope):
                     continue
-            elif not (start >= mention.end and start - mention.end <= scope):
+            elif not (start >= mention.end and start - mention.end <= scope
+                      # or between a compound's subject and its predicate: "the heart is not grossly enlarged"
+                      or mention.start < start and end <= mention.anchor):
                 continue
             if negation:
                 mention.negated = True
@@ -500,26 +539,22 @@ class AssertionAnnotator:
             else:
                 mention.certainty = _UNCERTAIN
 
-    def _attach_locations(self, doc, clauses, mentions, locations, sentence_of, clause_of) -> None:
+    def _attach_locations(self, doc, clauses, mentions, locations, clause_of) -> None:
         last_end, last_mention = -1, None
         for start, end, term in locations:
             if term is None:
                 continue
-            sent = sentence_of(start)
-            if sent < 0:
-                continue
             if (last_mention is not None and term.zone is None and term.fixed is None and start > last_end
-                    and last_mention.sentence == sent
                     and doc[last_end:start].text.lower() in self.vocabulary.comparatives):
                 # "left greater than right": the second side goes where the first went.
                 self._attach(last_mention, term, leading=last_mention.start >= end)
                 last_end = end
                 continue
-            same = [m for m in clauses.get((sent, clause_of(sent, start)), ()) if m.entity is not None]
+            same = [m for m in clauses.get(clause_of(start), ()) if m.entity is not None]
             if not same or same[0].start >= end:
                 # "Opacities are present in both lung bases": a location after a preposition reaches
                 # back over a short verb ("is seen", "are noted") that ends the lesion's clause.
-                earlier = [m for m in mentions if m.sentence == sent and m.entity is not None and m.end <= start]
+                earlier = [m for m in mentions if m.entity is not None and m.end <= start]
                 preposition = self._preposition_before(doc, start, earlier[-1].end) if earlier else -1
                 if preposition >= 0 and preposition - earlier[-1].end <= self.vocabulary.verb_gap:
                     self._attach(earlier[-1], term, leading=False)
@@ -569,14 +604,14 @@ class AssertionAnnotator:
         connectors = self.vocabulary.shared_across
         lesions = [m for m in mentions if m.entity is not None]
         for first, second in zip(lesions, lesions[1:]):
-            if first.leading is None or second.locations is not None or first.sentence != second.sentence:
+            if first.leading is None or second.locations is not None:
                 continue
             between = doc[first.end : second.start].text.lower() if second.start > first.end else ""
             if second.start >= first.end and (not between or between in connectors):
                 second.locations = list(first.leading)
                 second.leading = list(first.leading)
 
-    def _hand_on_locations(self, mentions: list[Mention], links, sentence_of) -> None:
+    def _hand_on_locations(self, mentions: list[Mention], links) -> None:
         """Locations across interpretation links ("retrocardiac opacity may represent atelectasis or
         pneumonia", "left basilar opacity, likely atelectasis") and adjacency ("bilateral effusions
         with adjacent atelectasis"): a target lesion without a location phrase of its own takes the
@@ -586,9 +621,8 @@ class AssertionAnnotator:
         reach = interpretation.reach
         lesions = [m for m in mentions if m.entity is not None]  # other findings too: they end chains
         for start, end, kind in links:
-            sent = sentence_of(start)
-            before = [m for m in lesions if m.sentence == sent and m.end <= start and m.entity]
-            after = [m for m in lesions if m.sentence == sent and m.start >= end]
+            before = [m for m in lesions if m.end <= start and m.entity]
+            after = [m for m in lesions if m.start >= end]
             if not before or not after:
                 continue
             if kind == "adjacency":
@@ -630,6 +664,21 @@ class AssertionAnnotator:
         if token - 1 >= floor and f"{doc[token - 1].lower_} {word}" in vocabulary.prepositions:
             return token - 1
         return -1
+
+
+def _by_sentence(terms: list[list], sentences: list[tuple[int, int, int]]) -> list[list]:
+    """A doc's matches per sentence, each sentence's per layer (no match crosses a sentence end); a
+    layer without matches is the empty tuple, so that most of them cost no list."""
+    ends = [end for _, end, _ in sentences]
+    parts: list[list] = [[()] * N_LAYERS for _ in sentences]
+    for layer, matches in enumerate(terms):
+        for match in matches:
+            layers = parts[bisect_right(ends, match[0])]
+            if layers[layer]:
+                layers[layer].append(match)
+            else:
+                layers[layer] = [match]
+    return parts
 
 
 @Language.factory("cxr_assertions", default_config={"vocabulary": {}})
@@ -674,6 +723,11 @@ def resolve_locations(terms: list[LocationTerm]) -> tuple[str, ...]:
 _LOOSE_SPACE = re.compile(r"[^\S ]|  ")
 _WORD_RUN = re.compile(r"\S+")
 _ALPHA_WORD = re.compile(r"[a-z]+")
+_LETTERS_ONLY = bytes(c if 97 <= c <= 122 else 32 for c in range(256))  # a-z kept, any other byte a space
+_blake2b = hashlib.blake2b
+# Sentences read in one spaCy doc (a doc costs more to make than to read), and what stands between them.
+SENTENCES_PER_DOC = 64
+_SENTENCE_GAP = "\n\n"
 
 
 def _in_text_order(sentences: list[Sentence]) -> bool:
@@ -681,8 +735,7 @@ def _in_text_order(sentences: list[Sentence]) -> bool:
 
 
 def finding_id(report_id: str, sent_idx: int, char_start: int, entity: str) -> str:
-    key = f"{report_id}|{sent_idx}|{char_start}|{entity}".encode()
-    return hashlib.blake2b(key, digest_size=8).hexdigest()
+    return _blake2b(f"{report_id}|{sent_idx}|{char_start}|{entity}".encode(), digest_size=8).hexdigest()
 
 
 def build_pipeline(vocabulary: Vocabulary) -> Language:
@@ -693,22 +746,54 @@ def build_pipeline(vocabulary: Vocabulary) -> Language:
     return nlp
 
 
-def _trigger_words(nlp: Language, vocabulary: Vocabulary) -> tuple[frozenset[str], tuple[str, ...]]:
-    """First tokens (lower case) of every phrase that can start a finding: lesions, compound
-    subjects and report-level phrases. A sentence with none of them yields nothing, so it is never
-    tokenized. Alphabetic first tokens are looked up as words; any other is searched as a substring."""
-    phrases = [p for ps in vocabulary.lesions.values() for p in ps]
-    phrases += [p for c in vocabulary.compound_lesions for p in c.subjects]
-    phrases += [p for f in vocabulary.report_level for p in (*f.negated, *f.stated)]
-    words, others = set(), set()
-    for doc in nlp.tokenizer.pipe(dict.fromkeys(p.lower() for p in phrases)):
-        first = doc[0].lower_
-        (words if _ALPHA_WORD.fullmatch(first) else others).add(first)
-    return frozenset(words), tuple(sorted(others))
+@dataclass(frozen=True)
+class Triggers:
+    """What a sentence must hold to yield a finding: all the words of one of the phrases that start
+    findings (lesions, compound subjects, report-level phrases). A sentence without is never
+    tokenized. A phrase whose first token is no word (a number, a sign) is looked for by that token
+    as a substring."""
+
+    words: dict[str, tuple[frozenset[str], ...]]  # first word -> the word sets of its phrases
+    substrings: tuple[str, ...]
+
+    @classmethod
+    def of(cls, nlp: Language, vocabulary: Vocabulary) -> Triggers:
+        phrases = [p for ps in vocabulary.lesions.values() for p in ps]
+        phrases += [p for c in vocabulary.compound_lesions for p in c.subjects]
+        phrases += [p for f in vocabulary.report_level for p in (*f.negated, *f.stated)]
+        words: dict[str, set[frozenset[str]]] = {}
+        substrings = set()
+        for doc in nlp.tokenizer.pipe(dict.fromkeys(p.lower() for p in phrases)):
+            first = doc[0].lower_
+            if _ALPHA_WORD.fullmatch(first):
+                needed = frozenset(t.lower_ for t in doc if _ALPHA_WORD.fullmatch(t.lower_))
+                words.setdefault(first, set()).add(needed)
+            else:
+                substrings.add(first)
+        # a phrase whose words include another's of the same first word adds nothing to the test
+        return cls(
+            {first: tuple(sorted((n for n in sets if not any(o < n for o in sets)), key=sorted))
+             for first, sets in words.items()},
+            tuple(sorted(substrings)),
+        )
+
+    def __call__(self, text: str) -> bool:
+        lower = text.lower()
+        # the [a-z]+ runs; for ASCII text (nearly all) by a byte table, several times faster than the regex
+        if lower.isascii():
+            found = lower.encode().translate(_LETTERS_ONLY).decode().split()
+        else:
+            found = _ALPHA_WORD.findall(lower)
+        phrases = self.words
+        if not phrases.keys().isdisjoint(found):
+            words = set(found)
+            for word in words.intersection(phrases):
+                if any(needed <= words for needed in phrases[word]):
+                    return True
+        return any(s in lower for s in self.substrings)
 
 
-@dataclass(frozen=True, slots=True)
-class SentenceFact:
+class SentenceFact(NamedTuple):  # tuples: plain data that the cyclic GC stops tracking
     """What one sentence states, whatever report it is in (so it is cached by the sentence's text).
 
     One per (lesion type, presence, certainty) of the sentence, mentions merged and their locations
@@ -718,9 +803,21 @@ class SentenceFact:
     presence: str
     certainty: str
     locations: tuple[str, ...]
-    start: int  # offsets of the (first) mention in the sentence text (white space runs collapsed)
+    start: int  # offsets of the (first) mention in the sentence text
     end: int
     report_fact: int  # index into Vocabulary.report_level; -1 for a lesion
+
+
+class SectionFacts(NamedTuple):
+    """What one section text states, whatever report it is in (so it is cached by that text: reports
+    repeat whole sections, "IMPRESSION: No acute cardiopulmonary process."). Sentences are numbered
+    from 0 in the section, offsets are in the section text."""
+
+    n_sentences: int
+    # (sentence number, mention start, mention end, sentence, entity, presence, certainty, locations)
+    lesions: tuple[tuple[int, int, int, str, str, str, str, tuple[str, ...]], ...]
+    # (sentence number, mention start, mention end, sentence, index into Vocabulary.report_level)
+    report_facts: tuple[tuple[int, int, int, str, int], ...]
 
 
 def _collapsed(text: str) -> str:
@@ -744,7 +841,9 @@ class RuleStructurer:
     Sentences are independent (cues, locations and links never cross a sentence end), so each
     distinct sentence text runs through the spaCy pipeline once and its facts are cached: report
     corpora repeat their sentences ("No pneumothorax.", "The lungs are clear.") many times. Sentences
-    without a trigger word (see `triggers`) are never tokenized.
+    without the words of a trigger phrase (see `triggers`) are never tokenized; the others go
+    through `nlp.pipe` many to a doc (`SENTENCES_PER_DOC`). Section texts are cached the same way,
+    with their sentence splits.
     """
 
     name = "rules"
@@ -754,18 +853,17 @@ class RuleStructurer:
         self.nlp = build_pipeline(vocabulary)
         self.batch_size = batch_size
         self.cache_size = cache_size
-        self._cache: dict[str, tuple[SentenceFact, ...]] = {}
-        self._trigger_set, self._trigger_substrings = _trigger_words(self.nlp, vocabulary)
+        self._sentence_cache: dict[str, tuple[SentenceFact, ...]] = {}
+        self._section_cache: dict[str, SectionFacts] = {}
+        self._triggers = Triggers.of(self.nlp, vocabulary)
 
     def clear_cache(self) -> None:
-        self._cache.clear()
+        self._sentence_cache.clear()
+        self._section_cache.clear()
 
     def triggers(self, text: str) -> bool:
-        """Whether a sentence holds a word that can start a finding (else it is skipped)."""
-        lower = text.lower()
-        return not self._trigger_set.isdisjoint(_ALPHA_WORD.findall(lower)) or any(
-            s in lower for s in self._trigger_substrings
-        )
+        """Whether a sentence holds the words of a phrase that can start a finding (else it is skipped)."""
+        return self._triggers(text)
 
     def candidate_sentences(self, text: str) -> list[Sentence]:
         """The report's sentences, in text order, that hold a trigger word."""
@@ -775,28 +873,95 @@ class RuleStructurer:
         return [s for s in sentences if self.triggers(s.text)]
 
     def sentence_facts(self, texts: Sequence[str]) -> list[tuple[SentenceFact, ...]]:
-        """Facts of each collapsed sentence text; texts not in the cache go through `nlp.pipe`."""
-        cache = self._cache
+        """Facts of each sentence text (offsets in that text). Texts not in the cache that hold a
+        trigger word go through `nlp.pipe`, white space runs collapsed."""
+        cache = self._sentence_cache
         new = [t for t in dict.fromkeys(texts) if t not in cache]
         if len(cache) + len(new) > self.cache_size:
             cache.clear()
             new = list(dict.fromkeys(texts))
-        for text, doc in zip(new, self.nlp.pipe(new, batch_size=self.batch_size)):
-            cache[text] = self._facts_of(doc)
+        triggers = self._triggers
+        parsed = [t for t in new if triggers(t)]
+        cache.update(dict.fromkeys(new, ()))
+        flat = [_collapsed(t) for t in parsed]
+        distinct = list(dict.fromkeys(flat))
+        packs = (self._packed_doc(distinct[k : k + SENTENCES_PER_DOC]) for k in range(0, len(distinct), SENTENCES_PER_DOC))
+        facts = dict(zip(distinct, (self._facts_of(mentions) for doc in self.nlp.pipe(packs, batch_size=self.batch_size)
+                                    for mentions in doc.user_data["cxr_mentions"])))
+        for text, collapsed in zip(parsed, flat):
+            sentence_facts = facts[collapsed]
+            if sentence_facts and collapsed != text:
+                sentence_facts = tuple(
+                    f._replace(start=_uncollapsed(text, f.start), end=_uncollapsed(text, f.end - 1) + 1)
+                    for f in sentence_facts
+                )
+            cache[text] = sentence_facts
         return [cache[t] for t in texts]
 
+    def section_facts(self, texts: Sequence[str]) -> dict[str, SectionFacts]:
+        """Facts of each section text (FINDINGS, IMPRESSION, LAST_PARAGRAPH), split into sentences;
+        texts not in the cache are split here and their sentences read by `sentence_facts`."""
+        cache = self._section_cache
+        known: dict[str, SectionFacts] = {}
+        new: list[str] = []
+        for text in dict.fromkeys(texts):
+            entry = cache.get(text)
+            if entry is None:
+                new.append(text)
+            else:
+                known[text] = entry
+        if not new:
+            return known
+        spans = [sentence_spans(text, 0, len(text)) for text in new]
+        facts = iter(self.sentence_facts([text[s:e] for text, text_spans in zip(new, spans) for s, e in text_spans]))
+        if len(cache) + len(new) > self.cache_size:
+            cache.clear()
+        for text, text_spans in zip(new, spans):
+            lesions, report_facts = [], []
+            for number, (start, end) in enumerate(text_spans):
+                sentence_facts = next(facts)
+                if sentence_facts:
+                    sentence = text[start:end]
+                    for f in sentence_facts:
+                        if f.report_fact < 0:
+                            lesions.append((number, start + f.start, start + f.end, sentence, f.entity, f.presence,
+                                            f.certainty, f.locations))
+                        else:
+                            report_facts.append((number, start + f.start, start + f.end, sentence, f.report_fact))
+            known[text] = cache[text] = SectionFacts(len(text_spans), tuple(lesions), tuple(report_facts))
+        return known
+
+    def structure_with_fallbacks(
+        self, reports: Sequence[ReportText]
+    ) -> tuple[list[list[Finding]], dict[int, Exception]]:
+        """`structure`, in the structurers' common form (the rules never fall back on anything)."""
+        return self.structure(reports), {}
+
     def structure(self, reports: Sequence[ReportText]) -> list[list[Finding]]:
-        sentences = [self.candidate_sentences(r.text) for r in reports]
-        texts = [_collapsed(s.text) for sents in sentences for s in sents]
-        facts = iter(self.sentence_facts(texts))
+        sectioned = [[(s, r.text[s.start : s.end]) for s in sentence_sections(parse_sections(r.text))] for r in reports]
+        known = self.section_facts([text for sections in sectioned for _, text in sections])
         return [
-            self._findings(report, sents, [next(facts) for _ in sents]) for report, sents in zip(reports, sentences)
+            self._findings(report, [(section, known[text]) for section, text in sections])
+            for report, sections in zip(reports, sectioned)
         ]
 
-    def _facts_of(self, doc) -> tuple[SentenceFact, ...]:
+    def _packed_doc(self, texts: list[str]):
+        """One doc of many sentence texts, their spans in `cxr_sentences`. The blank line between two
+        sentences is a space token of its own, which no phrase holds, so each sentence reads as alone."""
+        doc = self.nlp.make_doc(_SENTENCE_GAP.join(texts))
+        token_chars = doc.to_array(IDX).tolist()
+        sentences, first_char = [], 0
+        for text in texts:
+            end_char = first_char + len(text)
+            sentences.append((bisect_left(token_chars, first_char), bisect_left(token_chars, end_char), first_char))
+            first_char = end_char + len(_SENTENCE_GAP)
+        doc.user_data["cxr_sentences"] = sentences
+        return doc
+
+    def _facts_of(self, mentions: list[Mention]) -> tuple[SentenceFact, ...]:
         merged: dict[tuple, list] = {}
         report_facts: list[SentenceFact] = []
-        for mention in doc.user_data["cxr_mentions"]:
+        for mention in mentions:
             if mention.report_fact is not None:
                 index, kind = mention.report_fact
                 holds = mention.negated if kind == "negated" else not mention.negated
@@ -823,46 +988,53 @@ class RuleStructurer:
         ]
         return (*lesions, *report_facts)
 
-    def _findings(self, report: ReportText, sentences: list[Sentence], facts) -> list[Finding]:
-        """Findings of a report from its sentences' facts. Report-level facts ("no acute
-        cardiopulmonary process") add absent findings for the types the report mentions nowhere."""
-        findings: list[Finding] = []
+    def _findings(self, report: ReportText, sections: list[tuple[Section, SectionFacts]]) -> list[Finding]:
+        """Findings of a report from its sections' facts. Sentences are numbered over the sections in
+        the order given (FINDINGS, then IMPRESSION); report-level facts ("no acute cardiopulmonary
+        process") add absent findings for the types the report mentions nowhere, from the first such
+        sentence in text order."""
+        numbered, first = [], 0
+        for section, facts in sections:
+            numbered.append((section, facts, first))
+            first += facts.n_sentences
+        if len(numbered) > 1:
+            numbered.sort(key=lambda item: item[0].start)
+        report_id, study_id, text, structurer = report.report_id, report.study_id, report.text, self.name
+        keyed = _blake2b(f"{report_id}|".encode(), digest_size=8)  # finding_id's hash, report part done
+        # The frozen dataclass's __init__ sets each field through object.__setattr__, which costs more
+        # than all the rest of making a finding; the fields are set at once instead (test_structuring
+        # checks that the result equals the one __init__ makes).
+        new, set_fields = object.__new__, object.__setattr__
+
+        # (sent_idx, char_start, entity, order, section, sentence, char_end, presence, certainty, locations):
+        # sorted as they stand, the findings' order, ties in the order found
+        rows = []
         mentioned: set[str] = set()
-        pending: list[tuple[Sentence, SentenceFact]] = []
-        for sentence, sentence_facts in zip(sentences, facts):
-            if sentence_facts and _LOOSE_SPACE.search(sentence.text) is not None:
-                sentence_facts = [replace(f, start=_uncollapsed(sentence.text, f.start),
-                                          end=_uncollapsed(sentence.text, f.end - 1) + 1) for f in sentence_facts]
-            for fact in sentence_facts:
-                if fact.report_fact < 0:
-                    mentioned.add(fact.entity)
-                    findings.append(self._finding(report, sentence, fact, fact.entity, fact.presence,
-                                                  fact.certainty, fact.locations))
-                else:
-                    pending.append((sentence, fact))
-        for sentence, fact in pending:
-            for entity in self.vocabulary.report_level[fact.report_fact].absent:
+        pending = []
+        for section, facts, first in numbered:
+            name, base = section.name, section.start
+            for number, start, end, sentence, entity, presence, certainty, locations in facts.lesions:
+                mentioned.add(entity)
+                rows.append((first + number, base + start, entity, len(rows), name, sentence, base + end, presence,
+                             certainty, locations))
+            for number, start, end, sentence, index in facts.report_facts:
+                pending.append((first + number, base + start, name, sentence, base + end, index))
+        for sent_idx, start, name, sentence, end, index in pending:
+            for entity in self.vocabulary.report_level[index].absent:
                 if entity not in mentioned:
                     mentioned.add(entity)
-                    findings.append(self._finding(report, sentence, fact, entity, _ABSENT, _DEFINITE, ()))
-        findings.sort(key=lambda f: (f.sent_idx, f.char_start, f.entity))
+                    rows.append((sent_idx, start, entity, len(rows), name, sentence, end, _ABSENT, _DEFINITE, ()))
+        rows.sort()
+        findings = []
+        for sent_idx, start, entity, _, section, sentence, end, presence, certainty, locations in rows:
+            ident = keyed.copy()
+            ident.update(f"{sent_idx}|{start}|{entity}".encode())
+            finding = new(Finding)
+            set_fields(finding, "__dict__", {
+                "finding_id": ident.hexdigest(), "report_id": report_id, "study_id": study_id, "section": section,
+                "sent_idx": sent_idx, "sentence": sentence, "entity": entity, "presence": presence,
+                "certainty": certainty, "reported_locations": locations, "mention": text[start:end],
+                "char_start": start, "char_end": end, "structurer": structurer,
+            })
+            findings.append(finding)
         return findings
-
-    def _finding(self, report, sentence, fact, entity, presence, certainty, locations) -> Finding:
-        start, end = sentence.char_start + fact.start, sentence.char_start + fact.end
-        return Finding(
-            finding_id=finding_id(report.report_id, sentence.sent_idx, start, entity),
-            report_id=report.report_id,
-            study_id=report.study_id,
-            section=sentence.section,
-            sent_idx=sentence.sent_idx,
-            sentence=sentence.text,
-            entity=entity,
-            presence=presence,
-            certainty=certainty,
-            reported_locations=locations,
-            mention=report.text[start:end],
-            char_start=start,
-            char_end=end,
-            structurer=self.name,
-        )
