@@ -157,6 +157,12 @@ def _write_empty_shards(out_dir: Path, prefix: str, config) -> None:
 
 def preflight_backends(config) -> None:
     """Build each configured backend once (options validated, weights files found) without loading weights."""
+    from transforms.llm_structurer import check_structuring
+
+    try:
+        check_structuring(config.structuring)
+    except (ValueError, OSError) as exc:
+        raise UserError(f"structuring: {exc}".replace("\n", " ")) from None
     for kind in ("anatomy", "lesion_prior", "refiner"):
         section = getattr(config, kind)
         try:

@@ -176,3 +176,13 @@ def test_pipeline_structure_stage_uses_the_configured_backend_and_writes_error_r
     studies = [o for o in outputs if not hasattr(o, "tag")]
     assert [len(findings) for _, findings in studies] == [len(f) for f in RuleStructurer(
         stage._structurer.rules.vocabulary).structure(REPORTS[:2])]
+
+
+def test_launcher_refuses_a_missing_model_in_one_line_before_any_worker_starts(tmp_path):
+    from pipeline.config import load_config
+    from pipeline.errors import UserError
+    from pipeline.run import preflight_backends
+
+    pipeline_config = load_config("classical").config.model_copy(update={"structuring": config(tmp_path)})
+    with pytest.raises(UserError, match=r"^structuring: structuring.options.model_path: no transformers model"):
+        preflight_backends(pipeline_config)

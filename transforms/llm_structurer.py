@@ -207,14 +207,26 @@ def _mention_span(sentence: Sentence, mention: str) -> tuple[int, int]:
     return sentence.char_start, sentence.char_end
 
 
-def build_structurer(config: StructuringConfig) -> RuleStructurer | TransformersStructurer:
-    """The structurer `config` names (`structuring.backend`), with its options."""
+def check_structuring(config: StructuringConfig) -> None:
+    """Refuse what `build_structurer` would refuse (backend, options, vocabulary, model folder) without loading
+    spaCy or a model, so that a launcher can say it in one line before any worker starts."""
     if config.backend not in BACKENDS:
         raise ValueError(f"unknown structuring backend '{config.backend}' (known: {', '.join(BACKENDS)})")
-    rules = RuleStructurer(load_vocabulary(config.vocabulary))
+    load_vocabulary(config.vocabulary)
     if config.backend == "rules":
         if config.options:
             raise ValueError(f"structuring.options: the rules backend takes none, got {sorted(config.options)}")
+        return
+    path = Path(_options(config.options).model_path).expanduser()
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"structuring.options.model_path: no transformers model (config.json) in {path}")
+
+
+def build_structurer(config: StructuringConfig) -> RuleStructurer | TransformersStructurer:
+    """The structurer `config` names (`structuring.backend`), with its options."""
+    check_structuring(config)
+    rules = RuleStructurer(load_vocabulary(config.vocabulary))
+    if config.backend == "rules":
         return rules
     return TransformersStructurer(rules, _options(config.options))
 
