@@ -74,7 +74,8 @@ class ReadReports(beam.DoFn):
         try:
             with timed(Stage.READ.value):
                 if study.report_path is None and study.report_text is None:
-                    raise FileNotFoundError("no report file for this study (files/pXX/pSUBJECT/sSTUDY.txt)")
+                    raise FileNotFoundError("the corpus has no report for this study (for MIMIC-CXR: "
+                                            "files/pXX/pSUBJECT/sSTUDY.txt)")
                 text = study.report_text if study.report_text is not None else (
                     Path(self._root) / study.report_path).read_bytes().decode("utf-8")
             if not text.strip():
