@@ -8,7 +8,6 @@ import pytest
 
 from transforms.report_readers import (
     iter_mimic_reports,
-    iter_openi_reports,
     iter_reports,
     openi_report_from_xml,
 )
@@ -70,7 +69,7 @@ def test_openi_folder_and_tgz(tmp_path):
     folder.mkdir()
     for number in (10, 2, 1):
         (folder / f"{number}.xml").write_bytes(OPENI_XML.replace(b"CXR1000", f"CXR{number}".encode()))
-    assert [r.report_id for r in iter_openi_reports(folder)] == ["CXR1", "CXR2", "CXR10"]
+    assert [r.report_id for r in iter_reports(folder, reader="openi")] == ["CXR1", "CXR2", "CXR10"]
     archive = tmp_path / "reports.tgz"
     with tarfile.open(archive, "w:gz") as tar:
         for path in sorted(folder.iterdir()):

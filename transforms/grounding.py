@@ -331,11 +331,10 @@ def ground_findings(findings: list[Finding], anatomy: AnatomyResult, prior: Lesi
         distinct.setdefault((finding.entity, finding.reported_locations), finding)
     selections = [select_candidates(f, anatomy, prior, config) for f in distinct.values()]
     # only types whose rule refines send their candidates to the refiner (the others keep the prior's components)
-    to_refine = [s for s in selections if _rule(config, s.finding.entity).refine]
-    boxes = [c.box for s in to_refine for c in s.kept]
-    seeds = [c.component for s in to_refine for c in s.kept]
+    to_refine = [s.kept if _rule(config, s.finding.entity).refine else [] for s in selections]
+    boxes = [c.box for kept in to_refine for c in kept]
+    seeds = [c.component for kept in to_refine for c in kept]
     refined = iter(refiner.refine(image, boxes, seeds) if boxes else [])
-    grounded = {key: fuse_and_verify(s, [next(refined) for _ in s.kept] if _rule(config, s.finding.entity).refine else [],
-                                     anatomy, prior, config, refiner.name)
-                for key, s in zip(distinct, selections)}
+    grounded = {key: fuse_and_verify(s, [next(refined) for _ in kept], anatomy, prior, config, refiner.name)
+                for key, s, kept in zip(distinct, selections, to_refine)}
     return [replace(grounded[(f.entity, f.reported_locations)], finding=f) for f in findings]

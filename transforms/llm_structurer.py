@@ -27,7 +27,7 @@ from schemas.vocab import Certainty, LesionType, Location, Presence
 from transforms.records import Finding, Sentence
 from transforms.sections import parse_sections
 from transforms.sentences import split_sentences
-from transforms.structuring import ReportText, RuleStructurer, finding_id, load_vocabulary
+from transforms.structuring import ReportText, RuleStructurer, Vocabulary, finding_id, load_vocabulary
 
 BACKENDS = ("rules", "transformers")
 
@@ -207,25 +207,25 @@ def _mention_span(sentence: Sentence, mention: str) -> tuple[int, int]:
     return sentence.char_start, sentence.char_end
 
 
-def check_structuring(config: StructuringConfig) -> None:
+def check_structuring(config: StructuringConfig) -> Vocabulary:
     """Refuse what `build_structurer` would refuse (backend, options, vocabulary, model folder) without loading
-    spaCy or a model, so that a launcher can say it in one line before any worker starts."""
+    spaCy or a model, so that a launcher can say it in one line before any worker starts; the vocabulary."""
     if config.backend not in BACKENDS:
         raise ValueError(f"unknown structuring backend '{config.backend}' (known: {', '.join(BACKENDS)})")
-    load_vocabulary(config.vocabulary)
+    vocabulary = load_vocabulary(config.vocabulary)
     if config.backend == "rules":
         if config.options:
             raise ValueError(f"structuring.options: the rules backend takes none, got {sorted(config.options)}")
-        return
+        return vocabulary
     path = Path(_options(config.options).model_path).expanduser()
     if not (path / "config.json").is_file():
         raise FileNotFoundError(f"structuring.options.model_path: no transformers model (config.json) in {path}")
+    return vocabulary
 
 
 def build_structurer(config: StructuringConfig) -> RuleStructurer | TransformersStructurer:
     """The structurer `config` names (`structuring.backend`), with its options."""
-    check_structuring(config)
-    rules = RuleStructurer(load_vocabulary(config.vocabulary))
+    rules = RuleStructurer(check_structuring(config))
     if config.backend == "rules":
         return rules
     return TransformersStructurer(rules, _options(config.options))

@@ -69,12 +69,6 @@ def iter_openi_xml(path: str | Path) -> Iterator[tuple[str, bytes]]:
                 yield f"{path.name}:{member.name}", handle.read()
 
 
-def iter_openi_reports(path: str | Path) -> Iterator[ReportText]:
-    """OpenI reports from a folder of XML files or the NLMCXR_reports `.tgz`, in numeric file order."""
-    for _, xml_bytes in iter_openi_xml(path):
-        yield openi_report_from_xml(xml_bytes)
-
-
 def iter_reports(path: str | Path, reader: str | None = None, **options) -> Iterator[ReportText]:
     """Reports of the corpus at `path`, read by the corpus reader `reader` (built with `options`), or by the first
     reader that recognises the path: a MIMIC-CXR root, an OpenI `.tgz`/XML folder, a CSV/Parquet manifest."""
