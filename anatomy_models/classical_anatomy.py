@@ -521,10 +521,9 @@ def segment_lungs_and_heart(image: np.ndarray, work_size: int = 256, clahe_clip:
     heart, mediastinum, behind_heart = (np.zeros(shape, bool) for _ in range(3))
     if aerated["right"].any() and aerated["left"].any():
         axis = _spine_axis(midline, aerated["right"], aerated["left"])
-        seen = dict(lungs)
         lungs = _complete_short_base(lungs, axis)
         thorax_width = int(np.flatnonzero(lungs["left"].any(axis=0))[-1] - np.flatnonzero(lungs["right"].any(axis=0))[0])
-        lungs = {side: _extend_under_fluid(lung, side, thorax_width, seen[side]) for side, lung in lungs.items()}
+        lungs = {side: _extend_under_fluid(lung, side, thorax_width, components[side]) for side, lung in lungs.items()}
 
         heart_top, heart_bottom = _heart_rows(aerated, components, lungs)
         # The heart's borders are the aerated lungs' edges, restored by less than the lung fields' (the heart's

@@ -12,7 +12,8 @@ bounded, which is what the pooled position-wise baseline and its cap absorb.
 
 Per type: opacity / pneumonia / consolidation are focal dense regions (consolidation needs more
 density), judged only where lung is seen directly (lung that the anatomy marks as seen through soft
-tissue, retrocardiac, is left out); atelectasis favours the bases and horizontal bands; edema is haze
+tissue, retrocardiac, is left out) and not behind pleural fluid (fluid hides the lung behind it, and its density
+is the effusion's); atelectasis favours the bases and horizontal bands; edema is haze
 present on both sides at mirrored positions against the lung's darkest part (not the position-wise
 baseline, which a haze over most of the lung would raise), only when most of the perihilar field is
 hazy, and is then drawn over its perihilar distribution: the central lung, including lung seen through
@@ -168,6 +169,7 @@ class ClassicalLesionPrior(LesionPriorBackend):
         effusion_lateral_share: float = 0.15,  # of a lung's width: the lateral part whose bottom is the costophrenic angle
         effusion_min_blunting: float = 0.015,  # of the lung's height: lateral bottom above the lowest point = blunted angle
         effusion_expected_height: float = 2.0,  # a clear lung's height over its width (when neither side is clear)
+        effusion_hides: tuple[float, float] = (0.3, 0.6),  # effusion map levels over which focal maps fade out behind fluid
         effusion_dome_depth: float = 0.18,  # of the lung's height: how much higher the lung ends medially than laterally
         ctr_midpoint: float = 0.5,  # cardiothoracic ratio at which cardiomegaly probability is 0.5
         ctr_scale: float = 0.03,
@@ -202,6 +204,7 @@ class ClassicalLesionPrior(LesionPriorBackend):
         self.effusion_lateral_share = effusion_lateral_share
         self.effusion_min_blunting = effusion_min_blunting
         self.effusion_expected_height = effusion_expected_height
+        self.effusion_hides = tuple(effusion_hides)
         self.effusion_dome_depth = effusion_dome_depth
         self.ctr_midpoint = ctr_midpoint
         self.ctr_scale = ctr_scale
@@ -216,9 +219,10 @@ class ClassicalLesionPrior(LesionPriorBackend):
         right = _mask(anatomy, Location.RIGHT_LUNG, shape)
         left = _mask(anatomy, Location.LEFT_LUNG, shape)
         heart = _mask(anatomy, Location.HEART, shape)
+        mediastinum = _mask(anatomy, "mediastinum", shape)
         # Lung field that the film shows as soft tissue (carried behind the heart and under the dome, when the
-        # anatomy backend marks it) is left out of the field with the heart and mediastinum.
-        mediastinum = _mask(anatomy, "mediastinum", shape) | _mask(anatomy, RETROCARDIAC_LUNG, shape)
+        # anatomy backend marks it) is left out of the field where density is judged, with the heart and mediastinum.
+        hidden_lung = _mask(anatomy, RETROCARDIAC_LUNG, shape)
         maps = {lesion.value: np.zeros(shape, np.float32) for lesion in LesionType}
         probabilities = {lesion.value: 0.0 for lesion in LesionType}
         if right.any() and left.any():
@@ -226,13 +230,13 @@ class ClassicalLesionPrior(LesionPriorBackend):
             scale = min(1.0, self.work_size / max(shape))
             work_shape = (max(1, round(shape[0] * scale)), max(1, round(shape[1] * scale)))
             work_image = cv2.resize(image, work_shape[::-1], interpolation=cv2.INTER_AREA) if scale < 1 else image
-            at_work = [resize_mask(mask, *work_shape) for mask in (right, left, heart, mediastinum)]
+            at_work = [resize_mask(mask, *work_shape) for mask in (right, left, heart, mediastinum, hidden_lung)]
             work_maps = {}
             self._lung_maps(work_image.astype(np.float32) / 255.0, *at_work, work_maps, probabilities)
             # focal types are judged where lung is seen directly; edema covers the whole lung; effusion may reach
             # past the lung outline
             confined_to = {LesionType.EDEMA.value: right | left, LesionType.EFFUSION.value: None}
-            field = (right | left) & ~heart & ~mediastinum
+            field = (right | left) & ~heart & ~mediastinum & ~hidden_lung
             for lesion, work_map in work_maps.items():
                 full = cv2.resize(work_map, shape[::-1], interpolation=cv2.INTER_LINEAR) if scale < 1 else work_map
                 region = confined_to.get(lesion, field)
@@ -283,16 +287,21 @@ class ClassicalLesionPrior(LesionPriorBackend):
         vs_mirror = np.where(mirror_valid, (local - mirrored) / contrast, 0.0)
         return vs_expected * frame.field, vs_mirror * frame.field, mirror_valid & frame.field
 
-    def _lung_maps(self, image, right, left, heart, mediastinum, maps, probabilities) -> None:
-        frame = lung_frame(right, left, heart | mediastinum)
+    def _lung_maps(self, image, right, left, heart, mediastinum, hidden_lung, maps, probabilities) -> None:
+        frame = lung_frame(right, left, heart | mediastinum | hidden_lung)
         if frame.field.sum() < 100:
             return
         vs_expected, vs_mirror, mirror_valid = self.density(image, frame, heart)
         focal = np.maximum(vs_expected, self.contralateral_weight * vs_mirror) * frame.field
-        field = frame.field.astype(np.float32)
 
         values = vs_expected[frame.field]
         spread = 1.4826 * float(np.median(np.abs(values - np.median(values))))
+        effusion_levels = self._levels(self.effusion_density, spread)
+        effusion = self._effusion(vs_expected, effusion_levels, frame, heart | mediastinum, max(image.shape), (right, left))
+        maps[LesionType.EFFUSION.value] = effusion
+        # Density that layers up from the base as fluid is the effusion's: lung behind the fluid is not seen.
+        field = frame.field * (1.0 - ramp(effusion, *self.effusion_hides)).astype(np.float32)
+
         opacity_levels = self._levels(self.opacity_density, spread)
         opacity = ramp(focal, *opacity_levels) * field
         maps[LesionType.OPACITY.value] = opacity
@@ -305,9 +314,6 @@ class ClassicalLesionPrior(LesionPriorBackend):
         maps[LesionType.ATELECTASIS.value] = ramp(band, *opacity_levels) * base_weight * field
 
         maps[LesionType.EDEMA.value] = self._edema(image, frame, heart, mirror_valid)
-
-        effusion_levels = self._levels(self.effusion_density, spread)
-        maps[LesionType.EFFUSION.value] = self._effusion(vs_expected, effusion_levels, frame, heart | mediastinum, max(image.shape), (right, left))
 
         lung_area = float(frame.field.sum())
         for lesion in (LesionType.OPACITY, LesionType.PNEUMONIA, LesionType.CONSOLIDATION, LesionType.ATELECTASIS,
@@ -339,30 +345,35 @@ class ClassicalLesionPrior(LesionPriorBackend):
     def _levels(self, density: tuple[float, float], spread: float) -> tuple[float, float]:
         return max(density[0], self.noise_levels[0] * spread), max(density[1], self.noise_levels[1] * spread)
 
-    def _effusion(self, vs_expected: np.ndarray, levels: tuple[float, float], frame: LungFrame, overlying: np.ndarray,
+    def _effusion(self, vs_expected: np.ndarray, levels: tuple[float, float], frame: LungFrame, soft_tissue: np.ndarray,
                   long_side: int, sides: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
-        """Dense evidence at the base that layers up from the lung's lower border, plus the pleural rim outside it."""
+        """Dense evidence at the base that layers up from the lung's lower border, plus the pleural rim outside it.
+        Heart and mediastinum (`soft_tissue`) are never fluid."""
+        hemithorax = frame.lungs & ~soft_tissue
         dense = ramp(vs_expected, *levels) * frame.field
         base = ramp(frame.v, self.effusion_base_start, self.effusion_base_full)
         evidence = dense * base * (0.5 + 0.5 * frame.u)  # meniscus: fluid climbs highest laterally
-        # Fill from the bottom: in each column, fluid is the run of evidence directly above the lung's lower border.
+        # Fill from the bottom: in each column, fluid is the run of evidence directly above the lung's lower border
+        # (the lung's outermost rim, where chest wall and diaphragm overlap it, may read as anything).
         fluid = evidence >= self.effusion_fill_level
+        margin = max(1, int(round(self.pleural_margin * long_side)))
+        lowest = np.where(hemithorax.any(axis=0), hemithorax.shape[0] - 1 - np.argmax(hemithorax[::-1], axis=0), -1)
+        bottom_rim = hemithorax & (np.arange(hemithorax.shape[0])[:, None] > lowest[None, :] - 2 * margin)
         below_is_fluid_or_outside = np.ones(fluid.shape[1], bool)
         filled = np.zeros_like(fluid)
         for y in range(fluid.shape[0] - 1, -1, -1):
-            row_lung = frame.field[y]
             filled[y] = fluid[y] & below_is_fluid_or_outside
-            below_is_fluid_or_outside = np.where(row_lung, filled[y], below_is_fluid_or_outside)
+            passable = filled[y] | (bottom_rim[y] & below_is_fluid_or_outside)
+            below_is_fluid_or_outside = np.where(hemithorax[y], passable, below_is_fluid_or_outside)
             # lung resting on the heart or mediastinum is not at its lower border: fluid does not layer there
-            below_is_fluid_or_outside &= ~overlying[y]
+            below_is_fluid_or_outside &= ~soft_tissue[y]
         effusion = evidence * filled
-        margin = max(1, int(round(self.pleural_margin * long_side)))
         kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * margin + 1, 2 * margin + 1))
-        rim = cv2.dilate(frame.lungs.astype(np.uint8), kernel).astype(bool) & ~frame.lungs & ~overlying
+        rim = cv2.dilate(frame.lungs.astype(np.uint8), kernel).astype(bool) & ~frame.lungs & ~soft_tissue
         spill = cv2.dilate(effusion, kernel)
         effusion = np.where(rim, spill, effusion)
         # fluid under the lung lies beside the heart and mediastinum, never over them
-        subpulmonic = self._subpulmonic_fluid(*sides) * ~overlying
+        subpulmonic = self._subpulmonic_fluid(*sides) * ~soft_tissue
         return np.maximum(effusion, subpulmonic).astype(np.float32)
 
     def _blunting(self, lung: np.ndarray) -> float:

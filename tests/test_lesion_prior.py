@@ -137,6 +137,20 @@ def test_effusion_concentrates_at_the_base(prior):
     assert result.probabilities["effusion"] > 0.5
 
 
+def test_fluid_above_an_undense_lung_rim_is_effusion_and_hides_the_lung_behind_it(prior):
+    image, anatomy = frontal_phantom()
+    right = anatomy.masks["right lung"]
+    rows = np.flatnonzero(right.any(axis=1))
+    yy, _ = np.mgrid[: image.shape[0], : image.shape[1]]
+    lowest = np.where(right.any(axis=0), right.shape[0] - 1 - np.argmax(right[::-1], axis=0), -1)
+    # the lung field's outline reaches a few pixels past the fluid's floor (as a lung mask's edge dilation does)
+    fluid = right & (yy >= rows[-1] - 0.3 * (rows[-1] - rows[0])) & (yy < lowest[None, :] - 4)
+    (result,) = prior.predict([to_uint8(add_lesion(image, fluid, density=0.45))], [anatomy])
+    assert result.maps["effusion"][fluid].mean() > 0.4
+    for focal in ("opacity", "pneumonia", "consolidation", "atelectasis"):
+        assert result.maps[focal][fluid].mean() < 0.2, focal
+
+
 def test_upper_zone_opacity_is_not_effusion(prior):
     image, anatomy = frontal_phantom()
     lesion = ellipse(image.shape, 110, 90, 18, 20)
@@ -186,7 +200,8 @@ def test_lung_marked_retrocardiac_is_not_judged_as_aerated_lung(prior):
     marked_anatomy = AnatomyResult(masks=anatomy.masks | {RETROCARDIAC_LUNG: block}, confidence=anatomy.confidence,
                                    backend=anatomy.backend, version=anatomy.version)
     (marked,) = prior.predict([dense], [marked_anatomy])
-    assert unmarked.maps["opacity"][block].mean() > 0.5
+    # unmarked, the block is dense lung layering up from the base: fluid (which hides the lung behind it)
+    assert np.maximum(unmarked.maps["opacity"], unmarked.maps["effusion"])[block].mean() > 0.5
     # effusion may spill a little past the field's outline (fluid fills the pleural rim); the rest stops there
     assert marked.maps["effusion"][block].mean() < 0.1
     for lesion in set(LUNG_TYPES) - {"effusion"}:
