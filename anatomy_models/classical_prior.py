@@ -297,7 +297,9 @@ class ClassicalLesionPrior(LesionPriorBackend):
         values = vs_expected[frame.field]
         spread = 1.4826 * float(np.median(np.abs(values - np.median(values))))
         effusion_levels = self._levels(self.effusion_density, spread)
-        effusion = self._effusion(vs_expected, effusion_levels, frame, heart | mediastinum, max(image.shape), (right, left))
+        # the lungs as seen (without the extensions behind the heart) show where each base ends and how blunted it is
+        seen = (right & frame.field, left & frame.field)
+        effusion = self._effusion(vs_expected, effusion_levels, frame, heart | mediastinum, max(image.shape), seen)
         maps[LesionType.EFFUSION.value] = effusion
         # Density that layers up from the base as fluid is the effusion's: lung behind the fluid is not seen.
         field = frame.field * (1.0 - ramp(effusion, *self.effusion_hides)).astype(np.float32)
