@@ -18,7 +18,8 @@ present on both sides at mirrored positions against the lung's darkest part (not
 baseline, which a haze over most of the lung would raise), only when most of the perihilar field is
 hazy, and is then drawn over its perihilar distribution: the central lung, including lung seen through
 the heart; effusion is dense fluid layering up from the lung base (filled from the bottom, strongest
-laterally, spilling just beyond the lung outline at the costophrenic angle); cardiomegaly is the heart
+laterally, spilling just beyond the lung outline at the costophrenic angle), and in a hemithorax that holds
+enough of it, all of the base below the aerated lung; cardiomegaly is the heart
 mask scaled by the cardiothoracic-ratio evidence.
 """
 from __future__ import annotations
@@ -170,6 +171,7 @@ class ClassicalLesionPrior(LesionPriorBackend):
         effusion_min_blunting: float = 0.015,  # of the lung's height: lateral bottom above the lowest point = blunted angle
         effusion_expected_height: float = 2.0,  # a clear lung's height over its width (when neither side is clear)
         effusion_hides: tuple[float, float] = (0.3, 0.6),  # effusion map levels over which focal maps fade out behind fluid
+        effusion_side_fill: tuple[float, float] = (0.02, 0.06),  # strong share of a hemithorax: its unaerated base is fluid
         effusion_dome_depth: float = 0.18,  # of the lung's height: how much higher the lung ends medially than laterally
         ctr_midpoint: float = 0.5,  # cardiothoracic ratio at which cardiomegaly probability is 0.5
         ctr_scale: float = 0.03,
@@ -205,6 +207,7 @@ class ClassicalLesionPrior(LesionPriorBackend):
         self.effusion_min_blunting = effusion_min_blunting
         self.effusion_expected_height = effusion_expected_height
         self.effusion_hides = tuple(effusion_hides)
+        self.effusion_side_fill = tuple(effusion_side_fill)
         self.effusion_dome_depth = effusion_dome_depth
         self.ctr_midpoint = ctr_midpoint
         self.ctr_scale = ctr_scale
@@ -299,7 +302,7 @@ class ClassicalLesionPrior(LesionPriorBackend):
         effusion_levels = self._levels(self.effusion_density, spread)
         # the lungs as seen (without the extensions behind the heart) show where each base ends and how blunted it is
         seen = (right & frame.field, left & frame.field)
-        effusion = self._effusion(vs_expected, effusion_levels, frame, heart | mediastinum, max(image.shape), seen)
+        effusion = self._effusion(vs_expected, effusion_levels, frame, heart | mediastinum, max(image.shape), seen, (right, left))
         maps[LesionType.EFFUSION.value] = effusion
         # Density that layers up from the base as fluid is the effusion's: lung behind the fluid is not seen.
         field = frame.field * (1.0 - ramp(effusion, *self.effusion_hides)).astype(np.float32)
@@ -348,7 +351,7 @@ class ClassicalLesionPrior(LesionPriorBackend):
         return max(density[0], self.noise_levels[0] * spread), max(density[1], self.noise_levels[1] * spread)
 
     def _effusion(self, vs_expected: np.ndarray, levels: tuple[float, float], frame: LungFrame, soft_tissue: np.ndarray,
-                  long_side: int, sides: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+                  long_side: int, seen: tuple[np.ndarray, np.ndarray], lungs: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
         """Dense evidence at the base that layers up from the lung's lower border, plus the pleural rim outside it.
         Heart and mediastinum (`soft_tissue`) are never fluid."""
         hemithorax = frame.lungs & ~soft_tissue
@@ -375,8 +378,23 @@ class ClassicalLesionPrior(LesionPriorBackend):
         spill = cv2.dilate(effusion, kernel)
         effusion = np.where(rim, spill, effusion)
         # fluid under the lung lies beside the heart and mediastinum, never over them
-        subpulmonic = self._subpulmonic_fluid(*sides) * ~soft_tissue
-        return np.maximum(effusion, subpulmonic).astype(np.float32)
+        subpulmonic = self._subpulmonic_fluid(*seen) * ~soft_tissue
+        effusion = np.maximum(effusion, subpulmonic)
+        for lung in lungs:
+            effusion = np.maximum(effusion, self._unaerated_base(effusion, lung & ~soft_tissue, vs_expected < levels[0], frame))
+        return effusion.astype(np.float32)
+
+    def _unaerated_base(self, effusion: np.ndarray, side: np.ndarray, clear: np.ndarray, frame: LungFrame) -> np.ndarray:
+        """Once a hemithorax holds fluid (this share of it strong on the map, ramped), all of its lower part below its
+        aerated lung is fluid: fluid layers from the base, and lung behind it is not seen, so what is not aerated
+        there is the effusion's even where the film shows no density step (lung the anatomy carries, the rim)."""
+        if not side.any():
+            return np.zeros(side.shape, np.float32)
+        presence = float(ramp(np.float32((effusion[side] >= self.strong_level).sum() / side.sum()), *self.effusion_side_fill))
+        aerated = clear & frame.field & side
+        air_bottom = np.where(aerated.any(axis=0), side.shape[0] - 1 - np.argmax(aerated[::-1], axis=0), -1)
+        below_air = np.arange(side.shape[0])[:, None] > air_bottom[None, :]
+        return (presence * (side & (frame.v >= self.effusion_base_start) & below_air)).astype(np.float32)
 
     def _blunting(self, lung: np.ndarray) -> float:
         """How far the lung's lateral bottom sits above its lowest point, over the lung's height.

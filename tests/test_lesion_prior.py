@@ -151,6 +151,23 @@ def test_fluid_above_an_undense_lung_rim_is_effusion_and_hides_the_lung_behind_i
         assert result.maps[focal][fluid].mean() < 0.2, focal
 
 
+def test_fluid_reaches_the_unaerated_base_behind_the_heart_border(prior):
+    image, anatomy = frontal_phantom()
+    right = anatomy.masks["right lung"]
+    rows = np.flatnonzero(right.any(axis=1))
+    yy, xx = np.mgrid[: image.shape[0], : image.shape[1]]
+    fluid = right & (yy >= rows[-1] - 0.3 * (rows[-1] - rows[0]))
+    # the medial part of the fluid lies where the anatomy carries lung that the film shows as soft tissue
+    hidden = fluid & (xx > 78)
+    marked = AnatomyResult(masks=anatomy.masks | {RETROCARDIAC_LUNG: hidden}, confidence=anatomy.confidence,
+                           backend=anatomy.backend, version=anatomy.version)
+    (with_fluid,) = prior.predict([to_uint8(add_lesion(image, fluid, density=0.45))], [marked])
+    assert with_fluid.maps["effusion"][hidden].mean() > 0.8
+    # without fluid on that side, lung carried behind the heart border is not fluid
+    (clear,) = prior.predict([to_uint8(image)], [marked])
+    assert clear.maps["effusion"][hidden].max() < 0.1
+
+
 def test_upper_zone_opacity_is_not_effusion(prior):
     image, anatomy = frontal_phantom()
     lesion = ellipse(image.shape, 110, 90, 18, 20)
