@@ -38,6 +38,7 @@ from anatomy_models.base import create  # noqa: E402
 from pipeline.config import load_config  # noqa: E402
 from pipeline.corpus import METADATA_FILE, SPLIT_FILE, image_path, index_corpus, report_path  # noqa: E402
 from transforms.grounding import ground_findings  # noqa: E402
+from transforms.image_results import encode_groundings  # noqa: E402
 from transforms.images import decode_for_models  # noqa: E402
 from transforms.records import Finding  # noqa: E402
 from transforms.structuring import ReportText, RuleStructurer, load_vocabulary  # noqa: E402
@@ -103,7 +104,8 @@ def tile_corpus(base: Path, dest: Path, n_studies: int) -> Path:
 
 
 def stage_timings(root: Path, config, limit: int = 40) -> dict:
-    """Reports/s of the structurer; ms/image of decode (the floor), anatomy, lesion prior, ground+refine."""
+    """Reports/s of the structurer; ms/image of decode (the floor), anatomy, lesion prior, ground+refine, and
+    encode (the grounded masks and their location parts to source resolution, as RLE)."""
     studies = index_corpus(root).studies
     texts = [ReportText(s.report_id, s.study_id, (root / s.report_path).read_text()) for s in studies if s.report_path]
     structurer = RuleStructurer(load_vocabulary(config.structuring.vocabulary))
@@ -116,21 +118,26 @@ def stage_timings(root: Path, config, limit: int = 40) -> dict:
               for kind in ("anatomy", "lesion_prior", "refiner")}
     for model in models.values():
         model.load()
-    times: dict[str, list[float]] = {"decode (floor)": [], "anatomy": [], "lesion prior": [], "ground+refine": []}
+    unions = [[loc.value for loc in u] for u in config.pairs.location_unions]
+    times: dict[str, list[float]] = {"decode (floor)": [], "anatomy": [], "lesion prior": [], "ground+refine": [],
+                                     "encode": []}
     for path in paths:
         t0 = time.perf_counter()
-        pixels, _ = decode_for_models(path, config.vision.work_size)
+        pixels, (height, width) = decode_for_models(path, config.vision.work_size)
         t1 = time.perf_counter()
         (anatomy,) = models["anatomy"].segment([pixels])
         t2 = time.perf_counter()
         (prior,) = models["lesion_prior"].predict([pixels], [anatomy])
         t3 = time.perf_counter()
-        ground_findings([_finding(t) for t in prior.maps], anatomy, prior, pixels, models["refiner"], config.grounding)
+        groundings = ground_findings([_finding(t) for t in prior.maps], anatomy, prior, pixels, models["refiner"],
+                                     config.grounding)
         t4 = time.perf_counter()
-        for key, value in zip(times, (t1 - t0, t2 - t1, t3 - t2, t4 - t3)):
+        encode_groundings(groundings, anatomy, height, width, unions)
+        t5 = time.perf_counter()
+        for key, value in zip(times, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4)):
             times[key].append(value)
     floor = statistics.median(times["decode (floor)"])
-    stages = {key: {"backend": "" if key.startswith("decode") else
+    stages = {key: {"backend": "" if key.startswith(("decode", "encode")) else
                     getattr(config, {"anatomy": "anatomy", "lesion prior": "lesion_prior"}.get(key, "refiner")).backend,
                     "ms_per_image": round(statistics.median(v) * 1000, 2),
                     "images_per_second": round(1 / statistics.median(v), 2),

@@ -18,7 +18,7 @@ from anatomy_models.base import create as create_backend
 from schemas.config import PipelineConfig, StructuringConfig
 from schemas.vocab import Stage
 from transforms.grounding import empty_locations, ground_findings
-from transforms.image_results import ImageResult, encode_grounding
+from transforms.image_results import ImageResult, encode_groundings
 from transforms.images import MAX_IMAGE_PIXELS, decode_for_models
 from transforms.pairs import build_study_outputs
 from transforms.records import ErrorRecord, Finding, ImageRef, Study
@@ -244,7 +244,7 @@ class GroundAndVerify(_BackendStage):
                 height, width = task.source_size
                 unions = [[loc.value for loc in u] for u in self._config.pairs.location_unions]
                 with timed("encode"):  # masks back to source resolution, as RLE
-                    encoded = [encode_grounding(g, task.anatomy, height, width, unions) for g in groundings]
+                    encoded = encode_groundings(groundings, task.anatomy, height, width, unions)
                 task.result = ImageResult(task.study_id, task.image.dicom_id, task.image.path, height, width,
                                           findings=encoded, empty_locations=empty)
                 self._images.inc()

@@ -289,6 +289,23 @@ def run_pipeline(input_root: Path, out_dir: Path, loaded: LoadedConfig, beam_arg
         parts = list(range(n_parts))
     plan = {"n_parts": n_parts, "config_hash": loaded.config_hash, "input_root": str(input_root)}
     todo = prepare_output(out_dir, plan, parts, overwrite=overwrite, resume=resume)
+    gate = None
+    if config.quality.validate_after_run and todo and all(
+            _marker_path(out_dir, i, n_parts).is_file() for i in range(n_parts) if i not in todo):
+        from pipeline.quality import PrewarmedGate  # this call finishes the run: import the gate's libraries meanwhile
+
+        gate = PrewarmedGate()
+    try:
+        return _run_parts(corpus, input_root, out_dir, loaded, beam_args, plan, parts, todo, gate)
+    finally:
+        if gate is not None:
+            gate.close()
+
+
+def _run_parts(corpus: CorpusIndex, input_root: Path, out_dir: Path, loaded: LoadedConfig, beam_args: list[str],
+               plan: dict, parts: list[int], todo: list[int], gate: object | None) -> RunSummary:
+    """Run the `todo` parts, then finish the run when every part is in (`gate`: a pipeline.quality.PrewarmedGate)."""
+    config, n_parts = loaded.config, plan["n_parts"]
     seconds, n_studies = 0.0, 0
     for part in todo:
         part_corpus = corpus.part(part, n_parts) if n_parts > 1 else corpus
@@ -308,7 +325,10 @@ def run_pipeline(input_root: Path, out_dir: Path, loaded: LoadedConfig, beam_arg
     summary.counts, summary.problems = manifest["counts"], manifest["contract_problems"]
     summary.counters, summary.stage_timings = manifest["counters"], manifest["timings"]["stages"]
     if config.quality.validate_after_run:
-        from pipeline.quality import validate_run  # Great Expectations takes seconds to import: only when asked
+        if gate is not None:
+            summary.quality = gate.validate(out_dir, config)
+        else:
+            from pipeline.quality import validate_run  # Great Expectations takes seconds to import: only when asked
 
-        summary.quality = validate_run(out_dir, config)
+            summary.quality = validate_run(out_dir, config)
     return summary

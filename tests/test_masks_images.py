@@ -66,3 +66,17 @@ def test_encode_resized_matches_the_plain_path():
     full = resize_mask(small, 640, 480)
     assert rle == encode_rle(full) and area == int(full.sum()) and bbox == bbox_xywh(full)
     assert encode_resized(np.zeros((8, 8), bool), 80, 80)[1:] == (0, [0, 0, 0, 0])
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_encode_resized_equals_encoding_every_pixel(seed):
+    """Runs are read only where the mask can reach; the RLE is that of the whole resized mask, including runs
+    that touch the first or last pixel and runs that carry over from one column to the next."""
+    rng = np.random.default_rng(seed)
+    small = cv2.GaussianBlur(rng.random((60, 45)).astype(np.float32), (0, 0), 3) > 0.55
+    small[0, 0] = small[-1, -1] = True
+    small[:, 20:23] = True  # whole columns: at source size their runs join across column ends
+    for height, width in ((60, 45), (437, 301), (601, 452), (40, 30)):
+        full = resize_mask(small.T, width, height).T  # resized transposed, as encode_resized does
+        assert encode_resized(small, height, width) == (encode_rle(full), int(full.sum()), bbox_xywh(full))
+    assert encode_resized(np.ones((8, 8), bool), 80, 60) == (encode_rle(np.ones((80, 60), bool)), 4800, [0, 0, 60, 80])

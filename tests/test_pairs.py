@@ -3,8 +3,8 @@ import pytest
 
 from pipeline.config import load_config
 from transforms.grounding import empty_locations, ground_findings
-from transforms.image_results import ImageResult, encode_grounding
-from transforms.masks import decode_rle
+from transforms.image_results import FULL_MASK, ImageResult, encode_groundings, location_parts
+from transforms.masks import decode_rle, dilate, encode_resized
 from transforms.pairs import build_study_outputs
 from transforms.records import ErrorRecord, ImageRef, Study
 
@@ -22,7 +22,7 @@ def image_result(anatomy, prior, findings, dicom="d1"):
     groundings = ground_findings(groundable, anatomy, prior, np.zeros((200, 200), np.uint8), EchoRefiner(),
                                  CONFIG.grounding)
     return ImageResult("50000001", dicom, f"files/x/{dicom}.jpg", 400, 400,
-                       findings=[encode_grounding(g, anatomy, 400, 400, UNIONS) for g in groundings],
+                       findings=encode_groundings(groundings, anatomy, 400, 400, UNIONS),
                        empty_locations=empty_locations(prior, anatomy, CONFIG.grounding))
 
 
@@ -38,6 +38,34 @@ def effusion_study(toy_anatomy):
     ]
     prior = toy_prior({"effusion": blob(160, 60, 10) + blob(160, 140, 10)})
     return findings, image_result(toy_anatomy, prior, findings)
+
+
+def test_each_mask_part_is_encoded_as_if_alone(toy_anatomy):
+    """Masks are shared within an image (a repeated mention, a part that keeps the whole mask): every finding
+    still gets the encoding of its own mask and of its own location parts."""
+    findings = [make_finding("effusion", ["right lung base", "left lung base"], sent_idx=0),
+                make_finding("effusion", ["right lung base", "left lung base"], sent_idx=3, fid="f-dup"),
+                make_finding("atelectasis", ["left lung base"], sent_idx=1)]
+    prior = toy_prior({"effusion": blob(160, 60, 10) + blob(160, 140, 10), "atelectasis": blob(150, 140, 12)})
+    groundings = ground_findings(findings, toy_anatomy, prior, np.zeros((200, 200), np.uint8), EchoRefiner(),
+                                 CONFIG.grounding)
+    encoded = encode_groundings(groundings, toy_anatomy, 400, 400, UNIONS)
+    margin = int(round(0.02 * 200))
+    checked = 0
+    for grounding, result in zip(groundings, encoded):
+        if grounding.mask is None:
+            continue
+        expected = {FULL_MASK: grounding.mask}
+        for part in location_parts(grounding, UNIONS):
+            region = np.zeros((200, 200), bool)
+            for loc in part:
+                region |= toy_anatomy.masks[loc]
+            expected[part] = grounding.mask & dilate(region, margin)
+        for part, mask in expected.items():
+            rle, area, bbox = encode_resized(mask, 400, 400)
+            assert (result.masks[part].rle, result.masks[part].area, result.masks[part].bbox) == (rle, area, bbox)
+            checked += 1
+    assert checked >= 4
 
 
 def test_positive_pairs_with_masks_at_source_size(effusion_study):

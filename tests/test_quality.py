@@ -7,7 +7,7 @@ import shutil
 import numpy as np
 import pytest
 
-from pipeline.quality import validate_run
+from pipeline.quality import PrewarmedGate, validate_run
 from schemas.config import QualityConfig, quality_config
 from pipeline.writers import read_table, table_to_bytes
 from transforms.mask_outliers import DESCRIPTOR_NAMES, flag_mask_outliers, mask_descriptors
@@ -43,6 +43,28 @@ def test_good_run_passes_and_writes_results_and_data_docs(run_dir):
     assert "PASS" in landing and "validations/mimic_ils/pairs/" in landing
     table = report.format_table()
     assert "PASS" in table and "pairs" in table
+
+
+def _verdicts(report):
+    return [(o.suite, o.rule, o.success, o.message) for o in report.outcomes], report.suites, report.mask_outliers
+
+
+def test_the_prewarmed_gate_reports_what_validate_run_reports(run_dir, tmp_path):
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy, ignore=shutil.ignore_patterns("quality", "audit"))
+    rewrite(copy, "studies", lost_study)  # a failing run: the failures must come back from the child too
+    from_child = PrewarmedGate().validate(copy, FAST)
+    assert not from_child.success and _verdicts(from_child) == _verdicts(validate_run(copy, FAST))
+
+
+def test_the_gate_validates_in_process_when_its_child_is_gone(run_dir, tmp_path):
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy, ignore=shutil.ignore_patterns("quality", "audit"))
+    gate = PrewarmedGate()
+    gate._process.kill()
+    gate._process.join()
+    report = gate.validate(copy, FAST)
+    assert report.success and not gate._process.is_alive()
 
 
 def _first(rows, predicate):

@@ -49,11 +49,30 @@ class ImageResult:
     error: ErrorRecord | None = None
 
 
-def _encode(mask: np.ndarray, height: int, width: int) -> EncodedMask | None:
-    rle, area, bbox = encode_resized(mask, height, width)
-    if area == 0:
-        return None
-    return EncodedMask(rle=rle, area=area, bbox=bbox, height=height, width=width)
+class _MaskCache:
+    """One image's encoded masks and location regions: repeated mentions share one grounded mask, and a location
+    part often keeps the whole mask, so each distinct mask is resized and encoded once per image."""
+
+    def __init__(self, anatomy: AnatomyResult, height: int, width: int, margin_fraction: float):
+        self._anatomy, self._height, self._width, self._margin_fraction = anatomy, height, width, margin_fraction
+        self._encoded: dict[tuple[tuple[int, int], bytes], EncodedMask | None] = {}
+        self._regions: dict[tuple[str, ...], np.ndarray] = {}
+
+    def encode(self, mask: np.ndarray) -> EncodedMask | None:
+        key = (mask.shape, mask.tobytes())
+        if key not in self._encoded:
+            rle, area, bbox = encode_resized(mask, self._height, self._width)
+            self._encoded[key] = EncodedMask(rle, area, bbox, self._height, self._width) if area else None
+        return self._encoded[key]
+
+    def region(self, part: tuple[str, ...], shape: tuple[int, int]) -> np.ndarray:
+        """The part's locations, grown by a small margin that keeps lesion pixels the anatomy boundary cuts off."""
+        if part not in self._regions:
+            region = np.zeros(shape, bool)
+            for loc in part:
+                region |= self._anatomy.masks.get(loc, region)
+            self._regions[part] = dilate(region, int(round(self._margin_fraction * max(shape))))
+        return self._regions[part]
 
 
 def location_parts(grounding: Grounding, unions: list[list[str]]) -> list[tuple[str, ...]]:
@@ -66,20 +85,21 @@ def location_parts(grounding: Grounding, unions: list[list[str]]) -> list[tuple[
     return parts
 
 
-def encode_grounding(grounding: Grounding, anatomy: AnatomyResult, height: int, width: int,
-                     unions: list[list[str]], part_margin: float = 0.02) -> FindingOnImage:
+def encode_groundings(groundings: list[Grounding], anatomy: AnatomyResult, height: int, width: int,
+                      unions: list[list[str]], part_margin: float = 0.02) -> list[FindingOnImage]:
+    """One image's groundings with their masks (whole, and per location part) at source resolution."""
+    cache = _MaskCache(anatomy, height, width, part_margin)
+    return [_encode_grounding(g, cache, unions) for g in groundings]
+
+
+def _encode_grounding(grounding: Grounding, cache: _MaskCache, unions: list[list[str]]) -> FindingOnImage:
     masks: dict[tuple[str, ...], EncodedMask] = {}
     if grounding.mask is not None:
-        full = _encode(grounding.mask, height, width)
+        full = cache.encode(grounding.mask)
         if full is not None:
             masks[FULL_MASK] = full
-        margin = int(round(part_margin * max(grounding.mask.shape)))
         for part in location_parts(grounding, unions):
-            region = np.zeros_like(grounding.mask)
-            for loc in part:
-                region |= anatomy.masks.get(loc, region)
-            # a small margin keeps lesion pixels that the anatomy boundary cuts off
-            encoded = _encode(grounding.mask & dilate(region, margin), height, width)
+            encoded = cache.encode(grounding.mask & cache.region(part, grounding.mask.shape))
             if encoded is not None:
                 masks[part] = encoded
     return FindingOnImage(

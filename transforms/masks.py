@@ -7,6 +7,8 @@ import cv2
 import numpy as np
 from pycocotools import mask as coco_mask
 
+INSIDE_LEVEL = 128  # a resized 0/255 mask pixel at or above this level is inside the mask
+
 
 def encode_rle(mask: np.ndarray) -> str:
     """COCO compressed RLE counts of a bool HxW mask, as a string."""
@@ -14,14 +16,54 @@ def encode_rle(mask: np.ndarray) -> str:
     return rle["counts"].decode("ascii")
 
 
-def encode_resized(mask: np.ndarray, height: int, width: int) -> tuple[str, int, list[int]]:
-    """(RLE counts, area, [x, y, w, h]) of `mask` resized to (height, width), without a C-to-Fortran copy.
+def _reach(first: int, last: int, n_source: int, n_target: int) -> tuple[int, int]:
+    """Target index range [start, stop) that linear resizing can light from source indices first..last.
 
-    Resizing the transposed mask yields the Fortran-ordered array pycocotools wants; area and box come
-    from the RLE itself, never from scanning the full-resolution pixels.
+    A target pixel t reads source pixels floor((t + 0.5) * s - 0.5) and the next (s = n_source / n_target);
+    two pixels of slack cover the float rounding of that position."""
+    scale = n_source / n_target
+    start = int(np.floor((first - 0.5) / scale - 0.5)) - 2
+    stop = int(np.ceil((last + 1.5) / scale - 0.5)) + 2
+    return max(0, start), min(n_target, stop)
+
+
+def _run_counts(window: np.ndarray, row0: int, col0: int, n_columns: int, n_pixels: int) -> np.ndarray:
+    """COCO RLE counts of a row-major image of `n_pixels` whose only set pixels lie in `window` at (row0, col0)."""
+    padded = np.zeros((window.shape[0], window.shape[1] + 2), bool)
+    padded[:, 1:-1] = window
+    changes = padded[:, 1:] != padded[:, :-1]
+    # row-major, so the run boundaries come out sorted (a flat scan of bools is far cheaper than a 2-D one)
+    rows, cols = np.divmod(np.flatnonzero(changes), changes.shape[1])
+    edges = (rows + row0) * n_columns + (cols + col0)
+    # a run that ends at a row's last column and one that starts at the next row's first are one run
+    touching = np.flatnonzero(edges[1:] == edges[:-1])
+    edges = np.delete(edges, np.concatenate([touching, touching + 1]))
+    if len(edges) and edges[-1] == n_pixels:  # the last run reaches the end: no trailing empty run
+        edges = edges[:-1]
+    return np.diff(np.concatenate([[0], edges, [n_pixels]])).astype(np.uint32)
+
+
+def encode_resized(mask: np.ndarray, height: int, width: int) -> tuple[str, int, list[int]]:
+    """(RLE counts, area, [x, y, w, h]) of `mask` at (height, width): `resize_mask(mask.T, width, height).T`.
+
+    The mask is resized transposed, so that its rows are the columns COCO's RLE runs along; only the window
+    that the mask's source pixels can reach is thresholded and scanned for runs (lesion masks cover a few
+    per cent of a radiograph), and pycocotools compresses the counts. Area and box come from the RLE.
     """
-    transposed = resize_mask(np.ascontiguousarray(mask.T), width, height)
-    rle = coco_mask.encode(transposed.view(np.uint8).T)
+    transposed = np.ascontiguousarray(mask.T, dtype=bool)
+    rows, cols = np.flatnonzero(transposed.any(axis=1)), np.flatnonzero(transposed.any(axis=0))
+    if len(rows):
+        if transposed.shape == (width, height):
+            (row0, row1), (col0, col1) = (rows[0], rows[-1] + 1), (cols[0], cols[-1] + 1)
+            window = transposed[row0:row1, col0:col1]
+        else:
+            row0, row1 = _reach(rows[0], rows[-1], transposed.shape[0], width)
+            col0, col1 = _reach(cols[0], cols[-1], transposed.shape[1], height)
+            window = _resized_levels(transposed, width, height)[row0:row1, col0:col1] >= INSIDE_LEVEL
+        counts = _run_counts(window, row0, col0, height, height * width)
+    else:
+        counts = np.array([height * width], np.uint32)
+    rle = coco_mask.frPyObjects({"size": [height, width], "counts": counts}, height, width)
     x, y, w, h = coco_mask.toBbox(rle)
     return rle["counts"].decode("ascii"), int(coco_mask.area(rle)), [int(x), int(y), int(w), int(h)]
 
@@ -43,12 +85,16 @@ def bbox_xywh(mask: np.ndarray) -> list[int]:
     return [int(xs.min()), int(ys.min()), int(xs.max() - xs.min() + 1), int(ys.max() - ys.min() + 1)]
 
 
+def _resized_levels(mask: np.ndarray, height: int, width: int) -> np.ndarray:
+    """The mask as 0/255, resized linearly to (height, width): pixels at `INSIDE_LEVEL` or above are inside."""
+    return cv2.resize(mask.astype(np.uint8) * 255, (width, height), interpolation=cv2.INTER_LINEAR)
+
+
 def resize_mask(mask: np.ndarray, height: int, width: int) -> np.ndarray:
     """Bool mask to (height, width); smooth upsampling (linear, then threshold) keeps edges from going blocky."""
     if mask.shape == (height, width):
         return mask.astype(bool)
-    resized = cv2.resize(mask.astype(np.uint8) * 255, (width, height), interpolation=cv2.INTER_LINEAR)
-    return resized >= 128
+    return _resized_levels(mask, height, width) >= INSIDE_LEVEL
 
 
 def dilate(mask: np.ndarray, radius_px: int) -> np.ndarray:
