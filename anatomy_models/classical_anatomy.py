@@ -48,11 +48,13 @@ from collections.abc import Sequence
 
 import cv2
 import numpy as np
+from scipy import ndimage
 from pydantic import BaseModel, ConfigDict, Field
 
 from anatomy_models.base import AnatomyBackend, register, validated_options
 from anatomy_models.zones import ZONE_BOUNDS, ZoneBoundsOption, lower_border_band, lung_regions
 from schemas.vocab import Location
+from transforms.masks import lowest_rows
 from transforms.records import AnatomyResult
 
 RETROCARDIAC_LUNG = "retrocardiac lung"  # extra structure: the lung fields carried behind the heart, not seen aerated
@@ -216,14 +218,13 @@ def _field_above_dome(hull: np.ndarray, component: np.ndarray, side: str) -> np.
     on its dome, and a lower border made by the heart cannot be told from an opacity's by its shape. The diaphragm
     is the aerated lung's lowest pixel per column, lowered to a smooth dome fitted through it (never below the
     lung's lowest point, the costophrenic angle)."""
-    columns = np.flatnonzero(component.any(axis=0))
+    columns, lowest = _lower_border(component)
     if columns.size == 0:
         return hull
-    height = component.shape[0]
-    lowest = (height - 1 - np.argmax(component[::-1, columns], axis=0)).astype(np.float32)
-    dome = np.maximum(_running_median(lowest, max(3, (columns.size // 8) | 1)),
+    lowest = lowest.astype(np.float32)
+    dome = np.maximum(ndimage.median_filter(lowest, size=max(3, (columns.size // 8) | 1), mode="nearest"),
                       np.minimum(_dome_fit(columns, lowest), lowest.max()))
-    rows = np.arange(height)[:, None]
+    rows = np.arange(hull.shape[0])[:, None]
     field = hull.copy()
     field[:, columns] &= rows <= dome[None, :]
     if side == "right":
@@ -257,13 +258,7 @@ def _medial_base_row(field: np.ndarray, side: str) -> int:
     columns (the lower border rises from there along the heart border medially and onto the dome laterally)."""
     columns = np.flatnonzero(field.any(axis=0))
     half = columns[columns >= (columns[0] + columns[-1]) / 2] if side == "right" else columns[columns <= (columns[0] + columns[-1]) / 2]
-    height = field.shape[0]
-    return int((height - 1 - np.argmax(field[::-1, half], axis=0)).max())
-
-
-def _running_median(values: np.ndarray, window: int) -> np.ndarray:
-    padded = np.pad(values, window // 2, mode="edge")
-    return np.median(np.lib.stride_tricks.sliding_window_view(padded, window), axis=1)
+    return int(lowest_rows(field)[half].max())
 
 
 def _extend_behind_heart(field: np.ndarray, side: str, paraspinal: float, floor: int, heart: np.ndarray) -> np.ndarray:
@@ -334,7 +329,7 @@ def _complete_short_base(lungs: dict[str, np.ndarray], axis: float) -> dict[str,
 def _lower_border(lung: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Columns of a lung and its lowest row in each."""
     columns = np.flatnonzero(lung.any(axis=0))
-    return columns, lung.shape[0] - 1 - np.argmax(lung[::-1, columns], axis=0)
+    return columns, lowest_rows(lung)[columns]
 
 
 def _has_meniscus(lung: np.ndarray, side: str) -> bool:

@@ -35,7 +35,7 @@ from anatomy_models.base import LesionPriorBackend, register
 from anatomy_models.classical_anatomy import RETROCARDIAC_LUNG
 from schemas.vocab import LesionType, Location
 from transforms.grounding import cardiothoracic_ratio
-from transforms.masks import resize_mask
+from transforms.masks import lowest_rows, resize_mask
 from transforms.records import AnatomyResult, LesionPrior
 
 
@@ -362,7 +362,7 @@ class ClassicalLesionPrior(LesionPriorBackend):
         # (the lung's outermost rim, where chest wall and diaphragm overlap it, may read as anything).
         fluid = evidence >= self.effusion_fill_level
         margin = max(1, int(round(self.pleural_margin * long_side)))
-        lowest = np.where(hemithorax.any(axis=0), hemithorax.shape[0] - 1 - np.argmax(hemithorax[::-1], axis=0), -1)
+        lowest = lowest_rows(hemithorax)
         bottom_rim = hemithorax & (np.arange(hemithorax.shape[0])[:, None] > lowest[None, :] - 2 * margin)
         below_is_fluid_or_outside = np.ones(fluid.shape[1], bool)
         filled = np.zeros_like(fluid)
@@ -392,7 +392,7 @@ class ClassicalLesionPrior(LesionPriorBackend):
             return np.zeros(side.shape, np.float32)
         presence = float(ramp(np.float32((effusion[side] >= self.strong_level).sum() / side.sum()), *self.effusion_side_fill))
         aerated = clear & frame.field & side
-        air_bottom = np.where(aerated.any(axis=0), side.shape[0] - 1 - np.argmax(aerated[::-1], axis=0), -1)
+        air_bottom = lowest_rows(aerated)
         below_air = np.arange(side.shape[0])[:, None] > air_bottom[None, :]
         return (presence * (side & (frame.v >= self.effusion_base_start) & below_air)).astype(np.float32)
 
@@ -437,7 +437,7 @@ class ClassicalLesionPrior(LesionPriorBackend):
             if expected <= bottom:
                 continue
             lung_height = expected - top
-            lowest = np.where(lung.any(axis=0), height - 1 - np.argmax(lung[::-1], axis=0), -1)
+            lowest = lowest_rows(lung)
             image_left = self._is_image_left(lung)
             for col in cols:
                 lateral = (cols[-1] - col if image_left else col - cols[0]) / max(cols[-1] - cols[0], 1)

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import apache_beam as beam
 import pyarrow.parquet as pq
@@ -26,6 +27,9 @@ from pipeline.writers import read_table, shard_path, shard_prefix, table_to_byte
 from schemas.tables import TABLES
 from schemas.vocab import SCHEMA_VERSION
 from transforms.statistics import dataset_statistics, plot_statistics
+
+if TYPE_CHECKING:  # pandas and friends: imported only when the gate runs
+    from pipeline.quality import PrewarmedGate
 
 MANIFEST = "manifest.json"
 STATISTICS_PNG = "statistics.png"
@@ -302,9 +306,14 @@ def run_pipeline(input_root: Path, out_dir: Path, loaded: LoadedConfig, beam_arg
             gate.close()
 
 
+def _report_manifest(summary: RunSummary, manifest: dict) -> None:
+    summary.counts, summary.problems = manifest["counts"], manifest["contract_problems"]
+    summary.counters, summary.stage_timings = manifest["counters"], manifest["timings"]["stages"]
+
+
 def _run_parts(corpus: CorpusIndex, input_root: Path, out_dir: Path, loaded: LoadedConfig, beam_args: list[str],
-               plan: dict, parts: list[int], todo: list[int], gate: object | None) -> RunSummary:
-    """Run the `todo` parts, then finish the run when every part is in (`gate`: a pipeline.quality.PrewarmedGate)."""
+               plan: dict, parts: list[int], todo: list[int], gate: PrewarmedGate | None) -> RunSummary:
+    """Run the `todo` parts, then finish the run when every part is in (validated by `gate` when there is one)."""
     config, n_parts = loaded.config, plan["n_parts"]
     seconds, n_studies = 0.0, 0
     for part in todo:
@@ -317,13 +326,9 @@ def _run_parts(corpus: CorpusIndex, input_root: Path, out_dir: Path, loaded: Loa
                          parts_skipped=[p for p in parts if p not in todo], parts_complete=complete)
     if not summary.finished or (not todo and (out_dir / MANIFEST).is_file()):
         if summary.finished:  # everything was complete and finished already: report what is on disk
-            manifest = json.loads((out_dir / MANIFEST).read_text())
-            summary.counts, summary.problems = manifest["counts"], manifest["contract_problems"]
-            summary.counters, summary.stage_timings = manifest["counters"], manifest["timings"]["stages"]
+            _report_manifest(summary, json.loads((out_dir / MANIFEST).read_text()))
         return summary
-    manifest = _finish_run(out_dir, input_root, loaded, corpus, plan, beam_args)
-    summary.counts, summary.problems = manifest["counts"], manifest["contract_problems"]
-    summary.counters, summary.stage_timings = manifest["counters"], manifest["timings"]["stages"]
+    _report_manifest(summary, _finish_run(out_dir, input_root, loaded, corpus, plan, beam_args))
     if config.quality.validate_after_run:
         if gate is not None:
             summary.quality = gate.validate(out_dir, config)

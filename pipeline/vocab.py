@@ -48,12 +48,12 @@ def mine_vocabulary(input_path: Path, output: Path, vocabulary: str, reader: str
     corpus = corpus or CorpusConfig()
     name, reports = corpus_reports(input_path, corpus, reader)
     try:
-        structurer = RuleStructurer(load_vocabulary(vocabulary))
         config = load_mining_config(mining)
+        embedder = make_embedder(model)  # a bad model folder is refused before the corpus is read
+        structurer = RuleStructurer(load_vocabulary(vocabulary))
         started = time.perf_counter()
         result = PhraseMiner(structurer, config).mine(reports)
         mined_seconds = time.perf_counter() - started
-        embedder = make_embedder(model)
     except (FileNotFoundError, ValueError, OSError) as exc:
         raise UserError(str(exc).replace("\n", " ")) from None
     started = time.perf_counter()

@@ -14,6 +14,7 @@ from anatomy_models.classical_anatomy import RETROCARDIAC_LUNG
 from anatomy_models.classical_prior import ClassicalLesionPrior
 from anatomy_models.random_weights import save_random_densenet
 from schemas.vocab import LUNG_BY_SIDE, ZONES_BY_SIDE, LesionType, Location
+from transforms.masks import lowest_rows
 from transforms.records import AnatomyResult
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -142,7 +143,7 @@ def test_fluid_above_an_undense_lung_rim_is_effusion_and_hides_the_lung_behind_i
     right = anatomy.masks["right lung"]
     rows = np.flatnonzero(right.any(axis=1))
     yy, _ = np.mgrid[: image.shape[0], : image.shape[1]]
-    lowest = np.where(right.any(axis=0), right.shape[0] - 1 - np.argmax(right[::-1], axis=0), -1)
+    lowest = lowest_rows(right)
     # the lung field's outline reaches a few pixels past the fluid's floor (as a lung mask's edge dilation does)
     fluid = right & (yy >= rows[-1] - 0.3 * (rows[-1] - rows[0])) & (yy < lowest[None, :] - 4)
     (result,) = prior.predict([to_uint8(add_lesion(image, fluid, density=0.45))], [anatomy])

@@ -20,7 +20,7 @@ from schemas.vocab import (
     Location,
     Stage,
 )
-from transforms.masks import dilate
+from transforms.masks import dilate, lowest_rows
 from transforms.records import AnatomyResult, Box, Candidate, Finding, LesionPrior, RefinedMask
 
 _DEFAULT_RULE = FusionRule()
@@ -86,7 +86,7 @@ def _with_space_below(region: np.ndarray, anatomy: AnatomyResult, depth: float) 
     rows = np.flatnonzero(lungs.any(axis=1))
     reach = int(round(depth * (rows[-1] - rows[0] + 1)))
     height = region.shape[0]
-    lowest = np.where(region.any(axis=0), height - 1 - np.argmax(region[::-1], axis=0), -1)
+    lowest = lowest_rows(region)
     below = np.arange(height)[:, None]
     extended = (below > lowest[None, :]) & (below <= lowest[None, :] + reach) & (lowest[None, :] >= 0)
     return region | extended

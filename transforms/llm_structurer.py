@@ -104,9 +104,7 @@ class TransformersStructurer:
         import torch
         from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
 
-        path = Path(options.model_path).expanduser()
-        if not (path / "config.json").is_file():
-            raise FileNotFoundError(f"structuring.options.model_path: no transformers model (config.json) in {path}")
+        path = Path(options.model_path).expanduser()  # `check_structuring` found its config.json
         self.rules = rules
         self.options = options
         self.fixed_locations = rules.vocabulary.fixed_locations

@@ -97,6 +97,11 @@ def resize_mask(mask: np.ndarray, height: int, width: int) -> np.ndarray:
     return _resized_levels(mask, height, width) >= INSIDE_LEVEL
 
 
+def lowest_rows(mask: np.ndarray) -> np.ndarray:
+    """Per column, the row of the mask's lowest pixel; -1 in columns the mask does not reach."""
+    return np.where(mask.any(axis=0), mask.shape[0] - 1 - np.argmax(mask[::-1], axis=0), -1)
+
+
 def dilate(mask: np.ndarray, radius_px: int) -> np.ndarray:
     """`mask` grown by a disc of `radius_px`: a distance transform costs the same for any radius (a disc
     kernel's cost grows with its area, and regions are dilated by tens of pixels). The 5x5 chamfer

@@ -21,6 +21,7 @@ import numpy as np
 
 from anatomy_models.zones import ZONE_BOUNDS
 from schemas.vocab import LUNG_BY_SIDE, ZONES_BY_SIDE, LesionType, Location
+from transforms.masks import lowest_rows
 
 # Long side, in pixels, of the canvas the attenuation map is composed on before enlarging (the
 # lateral, which no mask is taken from, is composed smaller).
@@ -593,7 +594,7 @@ def _lesion_coverage(rng: np.random.Generator, spec: LesionSpec, regions: dict[s
         cov = _smoothstep((field - 0.2) / 0.6)
     elif style == LesionType.ATELECTASIS:
         # basal: streaky opacity along the diaphragm, tapering upward
-        lowest = np.where(region.any(axis=0), region.shape[0] - 1 - np.argmax(region[::-1], axis=0), -1)
+        lowest = lowest_rows(region)
         rows = np.arange(shape[0], dtype=np.float32)[:, None]
         height_px = (0.06 + 0.08 * s) * unit
         above = (lowest[None, :] - rows) / height_px

@@ -44,6 +44,8 @@ POST_CUES = ("negation_post", "uncertainty_post")
 CUE_KINDS = (*PRE_CUES, *POST_CUES, "pseudo", "terminators", "negation_terminators", "alternatives")
 ZONE_INDEX = {"apical": 0, "upper": 1, "mid": 2, "base": 3}
 SIDES = ("right", "left")
+# the sides each side word of the vocabulary names
+SIDE_SETS = {"right": ("right",), "left": ("left",), "both": SIDES}
 # How far (tokens) an alternative ("or", "versus") reaches for the mention on each side.
 ALTERNATIVE_REACH = 6
 
@@ -263,8 +265,8 @@ def extend_vocabulary(base: dict, overlay: dict) -> dict:
 # ---------------------------------------------------------------- matching (component `cxr_terms`)
 
 # Layers of matches; within a layer the longest of overlapping matches wins.
-LESION, SUBJECT, PREDICATE, CUE, LOCATION, REPORT, LINK = range(7)
 N_LAYERS = 7
+LESION, SUBJECT, PREDICATE, CUE, LOCATION, REPORT, LINK = range(N_LAYERS)
 
 
 @dataclass(frozen=True)
@@ -304,13 +306,12 @@ def _term_table(vocabulary: Vocabulary) -> dict[str, list[tuple[int, object]]]:
             add(phrase, REPORT, (index, "negated"))
         for phrase in fact.stated:
             add(phrase, REPORT, (index, "stated"))
-    side_sets = {"right": ("right",), "left": ("left",), "both": SIDES}
     for side, side_phrases in vocabulary.sides.items():
         for side_phrase in side_phrases:
-            add(side_phrase, LOCATION, LocationTerm(side_sets[side], None, None))
+            add(side_phrase, LOCATION, LocationTerm(SIDE_SETS[side], None, None))
             for zone, zone_phrases in vocabulary.zones.items():
                 for zone_phrase in zone_phrases:
-                    add(f"{side_phrase} {zone_phrase}", LOCATION, LocationTerm(side_sets[side], zone, None))
+                    add(f"{side_phrase} {zone_phrase}", LOCATION, LocationTerm(SIDE_SETS[side], zone, None))
     for zone, zone_phrases in vocabulary.zones.items():
         for zone_phrase in zone_phrases:
             add(zone_phrase, LOCATION, LocationTerm(None, zone, None))
@@ -341,7 +342,16 @@ def _longest(matches: list[tuple[int, int, object]]) -> list[tuple[int, int, obj
     return kept
 
 
-class TermMatcher:
+class _StreamingComponent:
+    """A pipeline component called once per doc."""
+
+    def pipe(self, docs, batch_size: int = 256):
+        """What `nlp.pipe` calls: one loop over the stream instead of spaCy's guarded call per doc."""
+        for doc in docs:
+            yield self(doc)
+
+
+class TermMatcher(_StreamingComponent):
     """Finds every vocabulary phrase; `doc.user_data['cxr_terms']` = per-layer lists of matches."""
 
     def __init__(self, nlp: Language, vocabulary: Vocabulary):
@@ -362,11 +372,6 @@ class TermMatcher:
                 layers[layer].append((start, end, payload))
         doc.user_data["cxr_terms"] = [_longest(matches) if len(matches) > 1 else matches for matches in layers]
         return doc
-
-    def pipe(self, docs, batch_size: int = 256):
-        """What `nlp.pipe` calls: one loop over the stream instead of spaCy's guarded call per doc."""
-        for doc in docs:
-            yield self(doc)
 
 
 @Language.factory("cxr_terms", default_config={"vocabulary": {}})
@@ -398,7 +403,7 @@ _PRESENT, _ABSENT = Presence.PRESENT.value, Presence.ABSENT.value
 _DEFINITE, _UNCERTAIN = Certainty.DEFINITE.value, Certainty.UNCERTAIN.value
 
 
-class AssertionAnnotator:
+class AssertionAnnotator(_StreamingComponent):
     """Mentions with presence, certainty and locations: `doc.user_data['cxr_mentions']`, one list per
     sentence, offsets in the sentence's text.
 
@@ -476,11 +481,6 @@ class AssertionAnnotator:
             mention.char_start = doc[mention.start].idx - first_char
             mention.char_end = last.idx + len(last) - first_char
         return mentions
-
-    def pipe(self, docs, batch_size: int = 256):
-        """What `nlp.pipe` calls: one loop over the stream instead of spaCy's guarded call per doc."""
-        for doc in docs:
-            yield self(doc)
 
     def _compound_mentions(self, subjects, predicates, lesions, clause_of) -> list[Mention]:
         found = []

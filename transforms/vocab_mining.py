@@ -34,6 +34,8 @@ from transforms.structuring import (
     LESION,
     LOCATION,
     LocationTerm,
+    SIDE_SETS,
+    SIDES,
     ReportText,
     RuleStructurer,
     Vocabulary,
@@ -94,9 +96,8 @@ class PhraseMiner:
         self.redactions = frozenset(w.lower() for w in config.redaction_tokens)
         self.qualifiers = frozenset(w.lower() for w in config.qualifiers)
         self.stop_words = self.structurer.nlp.Defaults.stop_words
-        one_side = {"right": ("right",), "left": ("left",)}
-        self.side_words = {word.lower(): one_side[side] for side, words in structurer.vocabulary.sides.items()
-                           if side in one_side for word in words if " " not in word}
+        self.side_words = {word.lower(): SIDE_SETS[side] for side, words in structurer.vocabulary.sides.items()
+                           if side in SIDES for word in words if " " not in word}
         self._cache: dict[str, list[tuple[str, str]]] = {}
 
     def mine(self, reports: Iterable[ReportText]) -> MiningResult:
@@ -335,13 +336,12 @@ def location_anchors(vocabulary: Vocabulary) -> list[Anchor]:
     """The CXAS names, every zone word alone and after the first word of each side, and every named place."""
     anchors = {name.value: Anchor(name.value, (name.value,)) for name in Location}
     side_words = {side: words[0] for side, words in vocabulary.sides.items() if words}
-    side_sets = {"right": ("right",), "left": ("left",), "both": ("right", "left")}
     for zone, words in vocabulary.zones.items():
         for word in words:
             anchors.setdefault(word, Anchor(word, resolve_locations([LocationTerm(None, zone, None)]), zone))
             for side, side_word in side_words.items():
                 text = f"{side_word} {word}"
-                anchors.setdefault(text, Anchor(text, resolve_locations([LocationTerm(side_sets[side], zone, None)])))
+                anchors.setdefault(text, Anchor(text, resolve_locations([LocationTerm(SIDE_SETS[side], zone, None)])))
     for phrase, names in vocabulary.location_phrases.items():
         anchors.setdefault(phrase, Anchor(phrase, tuple(sorted(names))))
     return list(anchors.values())
@@ -393,10 +393,9 @@ class LocationProfiler:
     vocabulary can, from their parts."""
 
     def __init__(self, vocabulary: Vocabulary, config: VocabMiningConfig):
-        side_sets = {"right": ("right",), "left": ("left",), "both": ("right", "left")}
         self.words: dict[str, LocationTerm] = {}
         for side, words in vocabulary.sides.items():
-            self.words.update({w.lower(): LocationTerm(side_sets[side], None, None) for w in words if " " not in w})
+            self.words.update({w.lower(): LocationTerm(SIDE_SETS[side], None, None) for w in words if " " not in w})
         for zone, words in vocabulary.zones.items():
             self.words.update({w.lower(): LocationTerm(None, zone, None) for w in words if " " not in w})
         for phrase, names in vocabulary.location_phrases.items():
