@@ -19,7 +19,8 @@ baseline, which a haze over most of the lung would raise), only when most of the
 hazy, and is then drawn over its perihilar distribution: the central lung, including lung seen through
 the heart; effusion is dense fluid layering up from the lung base (filled from the bottom, strongest
 laterally, spilling just beyond the lung outline at the costophrenic angle), and in a hemithorax that holds
-enough of it, all of the base below the aerated lung; cardiomegaly is the heart
+enough of it, all of the base below the aerated lung, down to the other lung's mirrored outline when that side
+is clear (a segmenter stops the lung at the fluid's surface); cardiomegaly is the heart
 mask scaled by the cardiothoracic-ratio evidence.
 """
 from __future__ import annotations
@@ -172,7 +173,8 @@ class ClassicalLesionPrior(LesionPriorBackend):
         effusion_expected_height: float = 2.0,  # a clear lung's height over its width (when neither side is clear)
         effusion_hides: tuple[float, float] = (0.3, 0.6),  # effusion map levels over which focal maps fade out behind fluid
         effusion_side_fill: tuple[float, float] = (0.02, 0.06),  # strong share of a hemithorax: its unaerated base is fluid
-        effusion_dome_depth: float = 0.18,  # of the lung's height: how much higher the lung ends medially than laterally
+        effusion_dome_depth: float = 0.18,
+        effusion_mirror: bool = True,  # a hemithorax with fluid beside a clear one takes the clear lung's outline, mirrored  # of the lung's height: how much higher the lung ends medially than laterally
         ctr_midpoint: float = 0.5,  # cardiothoracic ratio at which cardiomegaly probability is 0.5
         ctr_scale: float = 0.03,
         strong_level: float = 0.5,  # map level counted as lesion for the probabilities
@@ -209,6 +211,7 @@ class ClassicalLesionPrior(LesionPriorBackend):
         self.effusion_hides = tuple(effusion_hides)
         self.effusion_side_fill = tuple(effusion_side_fill)
         self.effusion_dome_depth = effusion_dome_depth
+        self.effusion_mirror = effusion_mirror
         self.ctr_midpoint = ctr_midpoint
         self.ctr_scale = ctr_scale
         self.strong_level = strong_level
@@ -380,9 +383,52 @@ class ClassicalLesionPrior(LesionPriorBackend):
         # fluid under the lung lies beside the heart and mediastinum, never over them
         subpulmonic = self._subpulmonic_fluid(*seen) * ~soft_tissue
         effusion = np.maximum(effusion, subpulmonic)
+        clear = vs_expected < levels[0]
         for lung in lungs:
-            effusion = np.maximum(effusion, self._unaerated_base(effusion, lung & ~soft_tissue, vs_expected < levels[0], frame))
+            effusion = np.maximum(effusion, self._unaerated_base(effusion, lung & ~soft_tissue, clear, frame))
+        if self.effusion_mirror:
+            effusion = np.maximum(effusion, self._mirrored_base(effusion, lungs, clear & frame.field) * ~soft_tissue)
         return effusion.astype(np.float32)
+
+    def _mirrored_base(self, effusion: np.ndarray, lungs: tuple[np.ndarray, np.ndarray], aerated: np.ndarray) -> np.ndarray:
+        """A hemithorax holding fluid beside a clear one: the clear lung, mirrored about the thorax's midline, is the
+        outline this lung has behind the fluid (the lung's lower border there is not seen, and a segmenter stops the lung
+        at the fluid's surface). Below the aerated lung, down to that outline, is fluid."""
+        fluid = np.zeros(effusion.shape, np.float32)
+        strong = effusion >= self.strong_level
+        shares = [float(strong[lung].sum() / max(int(lung.sum()), 1)) for lung in lungs]
+        midline_twice = self._midline_twice(lungs)
+        if midline_twice is None:
+            return fluid
+        rows = np.arange(effusion.shape[0])[:, None]
+        for index, other in ((0, 1), (1, 0)):
+            presence = float(ramp(np.float32(shares[index]), *self.effusion_side_fill))
+            if presence <= 0 or shares[other] >= self.effusion_side_fill[0]:  # the other side must be clear
+                continue
+            ys, xs = np.nonzero(lungs[other])
+            mirrored = midline_twice - xs
+            inside = (mirrored >= 0) & (mirrored < effusion.shape[1])
+            outline = np.zeros(effusion.shape, np.uint8)
+            outline[ys[inside], mirrored[inside]] = 1
+            outline = cv2.morphologyEx(outline, cv2.MORPH_CLOSE, np.ones((3, 3), np.uint8)).astype(bool)
+            if not outline.any():
+                continue
+            top, bottom = np.flatnonzero(outline.any(axis=1))[[0, -1]]
+            base = rows >= top + self.effusion_base_start * (bottom - top)
+            air_bottom = lowest_rows(aerated & lungs[index])
+            below_air = (rows > air_bottom[None, :]) & (air_bottom[None, :] >= 0)
+            fluid = np.maximum(fluid, presence * (outline & base & below_air))
+        return fluid
+
+    def _midline_twice(self, lungs: tuple[np.ndarray, np.ndarray]) -> int | None:
+        """Twice the column of the thorax's midline: the lungs' outer edges over their upper halves, above any fluid."""
+        both = lungs[0] | lungs[1]
+        rows = np.flatnonzero(both.any(axis=1))
+        if rows.size == 0:
+            return None
+        upper = both[rows[0] : rows[0] + (rows[-1] - rows[0]) // 2 + 1]
+        cols = np.flatnonzero(upper.any(axis=0))
+        return int(cols[0] + cols[-1])
 
     def _unaerated_base(self, effusion: np.ndarray, side: np.ndarray, clear: np.ndarray, frame: LungFrame) -> np.ndarray:
         """Once a hemithorax holds fluid (this share of it strong on the map, ramped), all of its lower part below its

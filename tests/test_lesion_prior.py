@@ -13,6 +13,7 @@ import pytest
 from anatomy_models.classical_anatomy import RETROCARDIAC_LUNG
 from anatomy_models.classical_prior import ClassicalLesionPrior
 from anatomy_models.random_weights import save_random_densenet
+from anatomy_models.zones import lung_regions
 from schemas.vocab import LUNG_BY_SIDE, ZONES_BY_SIDE, LesionType, Location
 from transforms.masks import lowest_rows
 from transforms.records import AnatomyResult
@@ -167,6 +168,24 @@ def test_fluid_reaches_the_unaerated_base_behind_the_heart_border(prior):
     # without fluid on that side, lung carried behind the heart border is not fluid
     (clear,) = prior.predict([to_uint8(image)], [marked])
     assert clear.maps["effusion"][hidden].max() < 0.1
+
+
+def test_fluid_below_a_lung_cut_at_its_surface_reaches_the_mirrored_clear_lung(prior):
+    image, anatomy = frontal_phantom()
+    right, left = anatomy.masks["right lung"], anatomy.masks["left lung"]
+    rows = np.flatnonzero(right.any(axis=1))
+    yy, xx = np.mgrid[: image.shape[0], : image.shape[1]]
+    surface = rows[-1] - 0.35 * (rows[-1] - rows[0]) - 0.5 * np.clip(95 - xx, 0, None)
+    fluid = right & (yy >= surface)
+    # a segmenter stops the lung a few pixels past the fluid's surface: below that the film shows no lung outline
+    cut = right & (yy < surface + 10)
+    masks = anatomy.masks | {Location.LUNG.value: cut | left} | lung_regions(cut, left)
+    seen_as_cut = AnatomyResult(masks=masks, confidence=anatomy.confidence, backend=anatomy.backend, version=anatomy.version)
+    (result,) = prior.predict([to_uint8(add_lesion(image, fluid, density=0.45))], [seen_as_cut])
+    effusion = result.maps["effusion"]
+    assert effusion[fluid].mean() > 0.8
+    assert effusion[left].max() < 0.1
+    assert (effusion >= 0.5)[~fluid].sum() < 0.3 * fluid.sum()
 
 
 def test_upper_zone_opacity_is_not_effusion(prior):
