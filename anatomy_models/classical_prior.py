@@ -16,8 +16,8 @@ tissue, retrocardiac, is left out) and not behind pleural fluid (fluid hides the
 is the effusion's); atelectasis favours the bases and horizontal bands; edema is haze
 present on both sides at mirrored positions against the lung's darkest part (not the position-wise
 baseline, which a haze over most of the lung would raise), only when most of the perihilar field is
-hazy, and is then drawn over its perihilar distribution: the central lung, including lung seen through
-the heart; effusion is dense fluid layering up from the lung base (filled from the bottom, strongest
+hazy, and is then drawn over its perihilar distribution (a bat's wing about each hilum, sparing apex, periphery
+and base), including lung seen through the heart; effusion is dense fluid layering up from the lung base (filled from the bottom, strongest
 laterally, spilling just beyond the lung outline at the costophrenic angle), and in a hemithorax that holds
 enough of it, all of the base below the aerated lung, down to the other lung's mirrored outline when that side
 is clear (a segmenter stops the lung at the fluid's surface); cardiomegaly is the heart
@@ -160,8 +160,11 @@ class ClassicalLesionPrior(LesionPriorBackend):
         # field as a whole is hazy on both sides (median bilateral density there, ramped between these levels).
         edema_reference_quantile: float = 0.05,
         edema_smoothing: float = 0.04,
-        # Where edema lies once present: the central lung, fading out between these medial-to-lateral positions.
-        edema_central_extent: tuple[float, float] = (0.45, 0.85),
+        # Where edema lies once present: perihilar (a bat's wing), an ellipse about each lung's medial edge at mid
+        # height that spares the apex, the lateral periphery and the base; its semi-axes in relative lung coordinates
+        # (medial to lateral, height), faded over this share of them.
+        edema_extent: tuple[float, float] = (0.75, 0.4),
+        edema_edge: float = 0.15,
         edema_presence: tuple[float, float] = (0.12, 0.2),
         edema_perihilar_height: tuple[float, float] = (0.25, 0.85),  # relative heights of the perihilar field
         effusion_base_start: float = 0.5,  # relative height where effusion evidence starts to count
@@ -174,7 +177,8 @@ class ClassicalLesionPrior(LesionPriorBackend):
         effusion_hides: tuple[float, float] = (0.3, 0.6),  # effusion map levels over which focal maps fade out behind fluid
         effusion_side_fill: tuple[float, float] = (0.02, 0.06),  # strong share of a hemithorax: its unaerated base is fluid
         effusion_dome_depth: float = 0.18,
-        effusion_mirror: bool = True,  # a hemithorax with fluid beside a clear one takes the clear lung's outline, mirrored  # of the lung's height: how much higher the lung ends medially than laterally
+        effusion_mirror: bool = True,
+  # a hemithorax with fluid beside a clear one takes the clear lung's outline, mirrored  # of the lung's height: how much higher the lung ends medially than laterally
         ctr_midpoint: float = 0.5,  # cardiothoracic ratio at which cardiomegaly probability is 0.5
         ctr_scale: float = 0.03,
         strong_level: float = 0.5,  # map level counted as lesion for the probabilities
@@ -198,7 +202,8 @@ class ClassicalLesionPrior(LesionPriorBackend):
         self.atelectasis_apex_weight = atelectasis_apex_weight
         self.edema_reference_quantile = edema_reference_quantile
         self.edema_smoothing = edema_smoothing
-        self.edema_central_extent = tuple(edema_central_extent)
+        self.edema_extent = tuple(edema_extent)
+        self.edema_edge = edema_edge
         self.edema_presence = tuple(edema_presence)
         self.edema_perihilar_height = tuple(edema_perihilar_height)
         self.effusion_base_start = effusion_base_start
@@ -334,8 +339,8 @@ class ClassicalLesionPrior(LesionPriorBackend):
         Haze is measured on both sides at mirrored points (the lower of the two) against the lung's darkest part,
         over the perihilar field as a whole: normal hila and vessels are dense in small parts of it, edema in most
         of it. Its extent is not the haze outline (haze fades smoothly into aerated lung, and ribs and vessels make
-        any density contour ragged) but edema's distribution: central and perihilar, sparing the periphery, over
-        the whole lung including lung seen through the heart."""
+        any density contour ragged) but edema's distribution: perihilar, sparing the apex, the periphery and the base,
+        including lung seen through the heart."""
         local = masked_gaussian(image, frame.field, self.edema_smoothing * max(image.shape))
         reference = float(np.quantile(local[frame.field], self.edema_reference_quantile))
         tissue = float(np.median(image[heart])) if heart.any() else float(np.quantile(image[frame.lungs], 0.95))
@@ -347,8 +352,10 @@ class ClassicalLesionPrior(LesionPriorBackend):
         if perihilar_field.sum() < 20:
             return np.zeros(image.shape, np.float32)
         presence = float(ramp(np.float32(np.median(bilateral[perihilar_field])), *self.edema_presence))
-        central = 1.0 - ramp(frame.u, *self.edema_central_extent)
-        return (central * presence * frame.lungs).astype(np.float32)
+        across, height = self.edema_extent
+        distance = np.hypot(frame.u / across, (frame.v - 0.5) / height)
+        perihilar = 1.0 - ramp(distance, 1.0 - self.edema_edge, 1.0 + self.edema_edge)
+        return (perihilar * presence * frame.lungs).astype(np.float32)
 
     def _levels(self, density: tuple[float, float], spread: float) -> tuple[float, float]:
         return max(density[0], self.noise_levels[0] * spread), max(density[1], self.noise_levels[1] * spread)

@@ -216,6 +216,11 @@ def test_bilateral_perihilar_haze_is_edema(prior):
         else:
             strip[:, cols[-1] - rim:] = True
         assert edema[lung & strip].max() < 0.1
+        # a bat's wing: the apex and the base are spared too
+        rows = np.flatnonzero(lung.any(axis=1))
+        margin = int(0.05 * (rows[-1] - rows[0]))
+        assert edema[rows[0] : rows[0] + margin][lung[rows[0] : rows[0] + margin]].max() < 0.5
+        assert edema[rows[-1] - margin : rows[-1] + 1][lung[rows[-1] - margin : rows[-1] + 1]].max() < 0.5
 
 
 def test_dense_hila_alone_are_not_edema(prior):
