@@ -165,7 +165,7 @@ class ClassicalLesionPrior(LesionPriorBackend):
         # (medial to lateral, height), faded over this share of them.
         edema_extent: tuple[float, float] = (0.75, 0.4),
         edema_edge: float = 0.15,
-        edema_presence: tuple[float, float] = (0.12, 0.2),
+        edema_presence: tuple[float, float] = (0.1, 0.18),
         edema_perihilar_height: tuple[float, float] = (0.25, 0.85),  # relative heights of the perihilar field
         effusion_base_start: float = 0.5,  # relative height where effusion evidence starts to count
         effusion_base_full: float = 0.8,
