@@ -12,8 +12,8 @@ bounded, which is what the pooled position-wise baseline and its cap absorb.
 
 Per type: opacity / pneumonia / consolidation are focal dense regions (consolidation needs more
 density), judged only where lung is seen directly (lung that the anatomy marks as seen through soft
-tissue, retrocardiac, is left out) and not behind pleural fluid (fluid hides the lung behind it, and its density
-is the effusion's); atelectasis favours the bases and horizontal bands; edema is haze
+tissue, retrocardiac, is left out; lung behind reported pleural fluid is left out by grounding, which reads the
+report); atelectasis favours the bases and horizontal bands; edema is haze
 present on both sides at mirrored positions against the lung's darkest part (not the position-wise
 baseline, which a haze over most of the lung would raise), only when most of the perihilar field is
 hazy, and is then drawn over its perihilar distribution (a bat's wing about each hilum, sparing apex, periphery
@@ -174,7 +174,6 @@ class ClassicalLesionPrior(LesionPriorBackend):
         effusion_lateral_share: float = 0.15,  # of a lung's width: the lateral part whose bottom is the costophrenic angle
         effusion_min_blunting: float = 0.015,  # of the lung's height: lateral bottom above the lowest point = blunted angle
         effusion_expected_height: float = 2.0,  # a clear lung's height over its width (when neither side is clear)
-        effusion_hides: tuple[float, float] = (0.3, 0.6),  # effusion map levels over which focal maps fade out behind fluid
         effusion_side_fill: tuple[float, float] = (0.02, 0.06),  # strong share of a hemithorax: its unaerated base is fluid
         effusion_dome_depth: float = 0.18,
         effusion_mirror: bool = True,
@@ -213,7 +212,6 @@ class ClassicalLesionPrior(LesionPriorBackend):
         self.effusion_lateral_share = effusion_lateral_share
         self.effusion_min_blunting = effusion_min_blunting
         self.effusion_expected_height = effusion_expected_height
-        self.effusion_hides = tuple(effusion_hides)
         self.effusion_side_fill = tuple(effusion_side_fill)
         self.effusion_dome_depth = effusion_dome_depth
         self.effusion_mirror = effusion_mirror
@@ -312,8 +310,7 @@ class ClassicalLesionPrior(LesionPriorBackend):
         seen = (right & frame.field, left & frame.field)
         effusion = self._effusion(vs_expected, effusion_levels, frame, heart | mediastinum, max(image.shape), seen, (right, left))
         maps[LesionType.EFFUSION.value] = effusion
-        # Density that layers up from the base as fluid is the effusion's: lung behind the fluid is not seen.
-        field = frame.field * (1.0 - ramp(effusion, *self.effusion_hides)).astype(np.float32)
+        field = frame.field.astype(np.float32)
 
         opacity_levels = self._levels(self.opacity_density, spread)
         opacity = ramp(focal, *opacity_levels) * field

@@ -61,6 +61,13 @@ class FusionRule(_Section):
     # a refined mask that agrees less than this with its candidate (the refiner's score) is replaced by the
     # candidate's prior component: a refiner that drifts onto look-alike tissue is worse than the prior
     min_refine_score: float = Field(0.0, ge=0, le=1)
+    # False: the configured lesion prior has no measured skill for this type (bench/eval_grounding.py): its findings
+    # are discarded (`prior_not_trusted`) rather than given masks that are likely wrong, and its map verifies no
+    # location as empty
+    trusted: bool = True
+    # True: the map fades where the image's reported pleural fluid is (`GroundingConfig.fluid_hides`): the lung behind
+    # fluid is not seen, and the density there is the fluid's
+    behind_fluid: bool = False
 
     @field_validator("region")
     @classmethod
@@ -78,6 +85,8 @@ class GroundingConfig(_Section):
     min_area_fraction: float = Field(0.005, ge=0, le=1)  # c4, of the lung area
     min_location_coverage: float = Field(0.1, ge=0, le=1)  # verify: share of the mask in a location
     max_empty_location_prior: float = Field(0.2, ge=0, le=1)  # a location is empty below this mean prior
+    # effusion map levels over which `behind_fluid` maps fade out, on the sides where the report names effusion
+    fluid_hides: tuple[float, float] = (0.3, 0.6)
     fusion: dict[LesionType, FusionRule] = Field(default_factory=dict)
 
 

@@ -68,6 +68,7 @@ class DiscardReason(StrEnum):
     UNCERTAIN_FINDING = "uncertain_finding"
     ANATOMY_MISSING = "anatomy_missing"
     NO_PRIOR_SIGNAL = "no_prior_signal"
+    PRIOR_NOT_TRUSTED = "prior_not_trusted"  # the configured lesion prior has no measured skill for this type
     OUTSIDE_REPORTED_REGION = "outside_reported_region"
     LOW_CONFIDENCE = "low_confidence"
     LOW_PRIOR_MASS = "low_prior_mass"

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from pipeline.config import load_config
-from schemas.vocab import DiscardReason, LesionType
+from schemas.vocab import DiscardReason, LesionType, Stage
 from transforms.grounding import (
     cardiothoracic_ratio,
     empty_locations,
@@ -53,11 +53,11 @@ def test_lesion_on_the_other_side_is_outside_reported_region(toy_anatomy, ground
 
 
 def test_no_signal_and_tiny_and_weak_candidates_are_rejected_with_reasons(toy_anatomy, grounding_config):
-    finding = make_finding("atelectasis", ["left lung base"])
+    finding = make_finding("opacity", ["left lung base"])
     assert select_candidates(finding, toy_anatomy, toy_prior(), grounding_config).discard == DiscardReason.NO_PRIOR_SIGNAL
-    tiny = toy_prior({"atelectasis": blob(150, 140, 1)})
+    tiny = toy_prior({"opacity": blob(150, 140, 1)})
     assert select_candidates(finding, toy_anatomy, tiny, grounding_config).discard == DiscardReason.BELOW_MIN_AREA
-    weak = toy_prior({"atelectasis": blob(150, 140, 12, value=0.55)}, probability=0.05)
+    weak = toy_prior({"opacity": blob(150, 140, 12, value=0.55)}, probability=0.05)
     assert select_candidates(finding, toy_anatomy, weak, grounding_config).discard == DiscardReason.LOW_CONFIDENCE
 
 
@@ -133,6 +133,39 @@ def test_empty_locations_are_those_without_prior(toy_anatomy, grounding_config):
     assert "right lung base" not in empty["pneumonia"]
     assert {"left lung", "left lung base", "right apical zone lung"} <= set(empty["pneumonia"])
     assert "cardiomegaly" not in empty
+
+
+def test_reported_fluid_hides_the_lung_behind_it_on_its_side_only(toy_anatomy, grounding_config):
+    base_density = blob(160, 60, 15) + blob(160, 140, 15)  # dense bases, both sides
+    prior = toy_prior({"pneumonia": base_density, "effusion": base_density})
+    image = np.zeros((200, 200), np.uint8)
+    pneumonia = make_finding("pneumonia", ["right lung base"])
+    # the report names no fluid: the dense right base is the reported pneumonia
+    (alone,) = ground_findings([pneumonia], toy_anatomy, prior, image, EchoRefiner(), grounding_config)
+    assert alone.discard is None and alone.mask[160, 60]
+    # right-sided fluid is reported: the density there is the fluid's, and the pneumonia has no signal left
+    right_fluid = make_finding("effusion", ["right lung base"])
+    hidden, _ = ground_findings([pneumonia, right_fluid], toy_anatomy, prior, image, EchoRefiner(), grounding_config)
+    assert hidden.mask is None and hidden.discard is not None
+    # fluid reported on the other side hides nothing on this one
+    left_fluid = make_finding("effusion", ["left lung base"])
+    kept, _ = ground_findings([pneumonia, left_fluid], toy_anatomy, prior, image, EchoRefiner(), grounding_config)
+    assert kept.discard is None and kept.mask[160, 60]
+
+
+def test_a_type_whose_prior_is_not_trusted_is_discarded_with_its_reason_and_verifies_nothing(toy_anatomy, grounding_config):
+    rule = grounding_config.fusion[LesionType.PNEUMONIA]
+    config = grounding_config.model_copy(update={"fusion": grounding_config.fusion | {
+        LesionType.PNEUMONIA: rule.model_copy(update={"trusted": False})}})
+    prior = toy_prior({"pneumonia": blob(150, 60, 12)})
+    finding = make_finding("pneumonia", ["right lung base"])
+    (g,) = ground_findings([finding], toy_anatomy, prior, np.zeros((200, 200), np.uint8), EchoRefiner(), config)
+    assert g.mask is None and g.discard == DiscardReason.PRIOR_NOT_TRUSTED and g.stage == Stage.LESION_PRIOR
+    assert g.details["lesion_prior"] == prior.backend
+    assert "pneumonia" not in empty_locations(prior, toy_anatomy, config)
+    # trusted, the same finding is grounded
+    (trusted,) = ground_findings([finding], toy_anatomy, prior, np.zeros((200, 200), np.uint8), EchoRefiner(), grounding_config)
+    assert trusted.discard is None
 
 
 class WholeImageRefiner:

@@ -14,7 +14,10 @@ from anatomy_models.classical_anatomy import RETROCARDIAC_LUNG
 from anatomy_models.classical_prior import ClassicalLesionPrior
 from anatomy_models.random_weights import save_random_densenet
 from anatomy_models.zones import lung_regions
+from conftest import make_finding
+from pipeline.config import load_config
 from schemas.vocab import LUNG_BY_SIDE, ZONES_BY_SIDE, LesionType, Location
+from transforms.grounding import behind_reported_fluid
 from transforms.masks import lowest_rows
 from transforms.records import AnatomyResult
 
@@ -139,7 +142,7 @@ def test_effusion_concentrates_at_the_base(prior):
     assert result.probabilities["effusion"] > 0.5
 
 
-def test_fluid_above_an_undense_lung_rim_is_effusion_and_hides_the_lung_behind_it(prior):
+def test_fluid_above_an_undense_lung_rim_is_effusion_and_hides_the_lung_behind_it_once_reported(prior):
     image, anatomy = frontal_phantom()
     right = anatomy.masks["right lung"]
     rows = np.flatnonzero(right.any(axis=1))
@@ -149,8 +152,10 @@ def test_fluid_above_an_undense_lung_rim_is_effusion_and_hides_the_lung_behind_i
     fluid = right & (yy >= rows[-1] - 0.3 * (rows[-1] - rows[0])) & (yy < lowest[None, :] - 4)
     (result,) = prior.predict([to_uint8(add_lesion(image, fluid, density=0.45))], [anatomy])
     assert result.maps["effusion"][fluid].mean() > 0.4
+    reported = [make_finding("effusion", ["right lung"])]
+    seen = behind_reported_fluid(reported, anatomy, result, load_config("classical").config.grounding)
     for focal in ("opacity", "pneumonia", "consolidation", "atelectasis"):
-        assert result.maps[focal][fluid].mean() < 0.2, focal
+        assert seen.maps[focal][fluid].mean() < 0.2, focal
 
 
 def test_fluid_reaches_the_unaerated_base_behind_the_heart_border(prior):

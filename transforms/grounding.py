@@ -212,6 +212,10 @@ def select_candidates(finding: Finding, anatomy: AnatomyResult, prior: LesionPri
         selection.details = {"missing_regions": missing or [Location.HEART.value]}
         return selection
     probability = float(prior.probabilities.get(target, 0.0))
+    if not rule.trusted:
+        selection.discard = DiscardReason.PRIOR_NOT_TRUSTED
+        selection.details = {"lesion_prior": prior.backend, "probability": round(probability, 4)}
+        return selection
     if rule.region == "heart":
         ratio = cardiothoracic_ratio(anatomy)
         selection.details = {"cardiothoracic_ratio": ratio, "probability": probability,
@@ -270,8 +274,8 @@ def fuse_and_verify(selection: Selection, refined: list[RefinedMask], anatomy: A
     finding = selection.finding
     probability = float(prior.probabilities.get(finding.entity, 0.0))
     if selection.discard is not None:
-        stage = Stage.ANATOMY if selection.discard == DiscardReason.ANATOMY_MISSING else (
-            Stage.VERIFY if selection.discard == DiscardReason.NOT_VERIFIED else Stage.CANDIDATES)
+        stage = {DiscardReason.ANATOMY_MISSING: Stage.ANATOMY, DiscardReason.PRIOR_NOT_TRUSTED: Stage.LESION_PRIOR,
+                 DiscardReason.NOT_VERIFIED: Stage.VERIFY}.get(selection.discard, Stage.CANDIDATES)
         return Grounding(finding, None, discard=selection.discard, stage=stage, details=selection.details)
     if selection.direct_mask is not None:
         mask, source, refine_score = selection.direct_mask, f"anatomy:{anatomy.backend}", 1.0
@@ -306,10 +310,11 @@ def fuse_and_verify(selection: Selection, refined: list[RefinedMask], anatomy: A
 
 
 def empty_locations(prior: LesionPrior, anatomy: AnatomyResult, config: GroundingConfig) -> dict[str, list[str]]:
-    """Per lesion type, the sided locations whose mean prior is below the empty level (verified empty)."""
+    """Per lesion type, the sided locations whose mean prior is below the empty level (verified empty).
+    A type whose prior is not trusted verifies nothing."""
     out: dict[str, list[str]] = {}
     for target, prior_map in prior.maps.items():
-        if target == LesionType.CARDIOMEGALY.value:
+        if target == LesionType.CARDIOMEGALY.value or not _rule(config, target).trusted:
             continue
         names = []
         for loc in SIDED_LOCATIONS:
@@ -320,12 +325,33 @@ def empty_locations(prior: LesionPrior, anatomy: AnatomyResult, config: Groundin
     return out
 
 
+def behind_reported_fluid(findings: list[Finding], anatomy: AnatomyResult, prior: LesionPrior,
+                          config: GroundingConfig) -> LesionPrior:
+    """The prior with `behind_fluid` maps faded where the effusion map is strong, in the lungs of the sides where the
+    report names effusion: lung behind fluid is not seen, and the density there is the fluid's. Where the report names
+    no fluid, a dense base is as likely the reported lesion itself, so nothing fades."""
+    effusion = prior.maps.get(LesionType.EFFUSION.value)
+    sides = {side for f in findings if f.entity == LesionType.EFFUSION.value for side in _sides_of(f.reported_locations)}
+    lungs = [anatomy.masks.get(LUNG_BY_SIDE[side].value) for side in sides]
+    lungs = [lung for lung in lungs if lung is not None]
+    if effusion is None or not lungs:
+        return prior
+    low, high = config.fluid_hides
+    fluid = np.clip((effusion - low) / max(high - low, 1e-6), 0.0, 1.0) * np.logical_or.reduce(lungs)
+    seen = (1.0 - fluid).astype(np.float32)
+    maps = {target: prior_map * seen if _rule(config, target).behind_fluid else prior_map
+            for target, prior_map in prior.maps.items()}
+    return replace(prior, maps=maps)
+
+
 def ground_findings(findings: list[Finding], anatomy: AnatomyResult, prior: LesionPrior, image: np.ndarray,
                     refiner, config: GroundingConfig) -> list[Grounding]:
     """Ground every finding on one image; the refiner sees all kept boxes of the image in one call.
 
     Mentions of one lesion type at the same locations (findings and impression often repeat each other)
-    ground to the same mask: each distinct one is grounded once and its result shared."""
+    ground to the same mask: each distinct one is grounded once and its result shared. `findings` are all the
+    image's groundable findings: reported fluid hides the lung behind it from the others."""
+    prior = behind_reported_fluid(findings, anatomy, prior, config)
     distinct = {}
     for finding in findings:
         distinct.setdefault((finding.entity, finding.reported_locations), finding)
