@@ -239,7 +239,7 @@ class GroundAndVerify(_BackendStage):
             try:
                 with timed(Stage.REFINE.value):  # candidates, c1-c4, refinement, verification
                     groundings = ground_findings(task.findings, task.anatomy, task.prior, task.pixels, self._model,
-                                                 self._config.grounding)
+                                                 self._config.grounding, task.image.view_position)
                     empty = empty_locations(task.prior, task.anatomy, self._config.grounding)
                 height, width = task.source_size
                 unions = [[loc.value for loc in u] for u in self._config.pairs.location_unions]

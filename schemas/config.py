@@ -53,6 +53,11 @@ class FusionRule(_Section):
     region: str = "reported"
     region_dilation: float = Field(0.04, ge=0, le=0.5)  # of the image's long side
     min_cardiothoracic_ratio: float | None = None  # cardiomegaly only
+    # cardiomegaly only: the ratio needed on these view positions instead (an AP film magnifies the heart)
+    min_cardiothoracic_ratio_by_view: dict[str, float] = Field(default_factory=dict)
+
+    def cardiothoracic_threshold(self, view: str) -> float | None:
+        return self.min_cardiothoracic_ratio_by_view.get(view, self.min_cardiothoracic_ratio)
     # 'lung_base' only: how far below the lung field the region reaches, as a fraction of the lung's height
     # (fluid fills the costophrenic recess, which the aerated lung field leaves out)
     below_depth: float = Field(0.0, ge=0, le=1)

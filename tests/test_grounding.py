@@ -119,6 +119,15 @@ def test_cardiomegaly_needs_the_cardiothoracic_ratio(toy_anatomy, grounding_conf
     assert g.discard is None and g.grounded_locations == ("heart",) and g.mask.sum() == toy_anatomy.masks["heart"].sum()
 
 
+def test_an_ap_film_needs_a_larger_cardiothoracic_ratio(toy_anatomy, grounding_config):
+    toy_anatomy.masks["heart"][110:165, 60:135] = True  # a ratio of 75 / 140 = 0.54
+    finding = make_finding("cardiomegaly", ["heart"])
+    assert select_candidates(finding, toy_anatomy, toy_prior(), grounding_config, "PA").direct_mask is not None
+    ap = select_candidates(finding, toy_anatomy, toy_prior(), grounding_config, "AP")
+    assert ap.discard == DiscardReason.NOT_VERIFIED and ap.details["min_cardiothoracic_ratio"] == 0.55
+    assert ap.details["view"] == "AP"
+
+
 def test_missing_anatomy_is_a_reason_not_a_crash(toy_anatomy, grounding_config):
     del toy_anatomy.masks["left lung base"]
     selection = select_candidates(make_finding("effusion", ["left lung base"]), toy_anatomy,

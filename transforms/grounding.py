@@ -196,7 +196,8 @@ def _furthest_rejection(rejected: list[Candidate]) -> DiscardReason:
 
 
 def select_candidates(finding: Finding, anatomy: AnatomyResult, prior: LesionPrior,
-                      config: GroundingConfig) -> Selection:
+                      config: GroundingConfig, view: str = "") -> Selection:
+    """`view`: the image's view position ('PA', 'AP', '' when unknown), for view-dependent thresholds."""
     target = finding.entity
     prior_map = prior.maps[target]
     shape = prior_map.shape
@@ -218,9 +219,10 @@ def select_candidates(finding: Finding, anatomy: AnatomyResult, prior: LesionPri
         return selection
     if rule.region == "heart":
         ratio = cardiothoracic_ratio(anatomy)
+        threshold = rule.cardiothoracic_threshold(view)
         selection.details = {"cardiothoracic_ratio": ratio, "probability": probability,
-                             "min_cardiothoracic_ratio": rule.min_cardiothoracic_ratio}
-        if ratio is None or (rule.min_cardiothoracic_ratio is not None and ratio < rule.min_cardiothoracic_ratio):
+                             "min_cardiothoracic_ratio": threshold, "view": view}
+        if ratio is None or (threshold is not None and ratio < threshold):
             selection.discard = DiscardReason.NOT_VERIFIED
         else:
             selection.direct_mask = clip
@@ -345,7 +347,7 @@ def behind_reported_fluid(findings: list[Finding], anatomy: AnatomyResult, prior
 
 
 def ground_findings(findings: list[Finding], anatomy: AnatomyResult, prior: LesionPrior, image: np.ndarray,
-                    refiner, config: GroundingConfig) -> list[Grounding]:
+                    refiner, config: GroundingConfig, view: str = "") -> list[Grounding]:
     """Ground every finding on one image; the refiner sees all kept boxes of the image in one call.
 
     Mentions of one lesion type at the same locations (findings and impression often repeat each other)
@@ -355,7 +357,7 @@ def ground_findings(findings: list[Finding], anatomy: AnatomyResult, prior: Lesi
     distinct = {}
     for finding in findings:
         distinct.setdefault((finding.entity, finding.reported_locations), finding)
-    selections = [select_candidates(f, anatomy, prior, config) for f in distinct.values()]
+    selections = [select_candidates(f, anatomy, prior, config, view) for f in distinct.values()]
     # only types whose rule refines send their candidates to the refiner (the others keep the prior's components)
     to_refine = [s.kept if _rule(config, s.finding.entity).refine else [] for s in selections]
     boxes = [c.box for kept in to_refine for c in kept]
