@@ -166,7 +166,7 @@ class ClassicalLesionPrior(LesionPriorBackend):
         edema_extent: tuple[float, float] = (0.75, 0.4),
         edema_edge: float = 0.15,
         edema_presence: tuple[float, float] = (0.1, 0.18),
-        edema_perihilar_height: tuple[float, float] = (0.25, 0.85),  # relative heights of the perihilar field
+        edema_presence_core: float = 0.7,  # presence is judged inside this share of the bat's wing's semi-axes
         effusion_base_start: float = 0.5,  # relative height where effusion evidence starts to count
         effusion_base_full: float = 0.8,
         effusion_fill_level: float = 0.2,  # evidence that counts as fluid when filling up from the base
@@ -204,7 +204,7 @@ class ClassicalLesionPrior(LesionPriorBackend):
         self.edema_extent = tuple(edema_extent)
         self.edema_edge = edema_edge
         self.edema_presence = tuple(edema_presence)
-        self.edema_perihilar_height = tuple(edema_perihilar_height)
+        self.edema_presence_core = edema_presence_core
         self.effusion_base_start = effusion_base_start
         self.effusion_base_full = effusion_base_full
         self.effusion_fill_level = effusion_fill_level
@@ -334,8 +334,8 @@ class ClassicalLesionPrior(LesionPriorBackend):
         """Whether edema is there is judged by haze; where it lies follows its distribution.
 
         Haze is measured on both sides at mirrored points (the lower of the two) against the lung's darkest part,
-        over the perihilar field as a whole: normal hila and vessels are dense in small parts of it, edema in most
-        of it. Its extent is not the haze outline (haze fades smoothly into aerated lung, and ribs and vessels make
+        over the inner part of the bat's wing as a whole: normal hila and vessels are dense in small parts of it,
+        edema in most of it. Its extent is not the haze outline (haze fades smoothly into aerated lung, and ribs and vessels make
         any density contour ragged) but edema's distribution: perihilar, sparing the apex, the periphery and the base,
         including lung seen through the heart."""
         local = masked_gaussian(image, frame.field, self.edema_smoothing * max(image.shape))
@@ -344,13 +344,12 @@ class ClassicalLesionPrior(LesionPriorBackend):
         density = (local - reference) / max(tissue - reference, self.min_contrast)
         mirrored = sample_at(density.astype(np.float32), frame.mirror_x, frame.mirror_y)
         bilateral = np.where(mirror_valid, np.minimum(density, mirrored), 0.0)
-        low, high = self.edema_perihilar_height
-        perihilar_field = mirror_valid & (frame.u < 0.5) & (frame.v >= low) & (frame.v <= high)
+        across, height = self.edema_extent
+        distance = np.hypot(frame.u / across, (frame.v - 0.5) / height)
+        perihilar_field = mirror_valid & (distance < self.edema_presence_core)
         if perihilar_field.sum() < 20:
             return np.zeros(image.shape, np.float32)
         presence = float(ramp(np.float32(np.median(bilateral[perihilar_field])), *self.edema_presence))
-        across, height = self.edema_extent
-        distance = np.hypot(frame.u / across, (frame.v - 0.5) / height)
         perihilar = 1.0 - ramp(distance, 1.0 - self.edema_edge, 1.0 + self.edema_edge)
         return (perihilar * presence * frame.lungs).astype(np.float32)
 
