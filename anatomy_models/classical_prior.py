@@ -16,12 +16,12 @@ tissue, retrocardiac, is left out; lung behind reported pleural fluid is left ou
 report); atelectasis favours the bases and horizontal bands; edema is haze
 present on both sides at mirrored positions against the lung's darkest part (not the position-wise
 baseline, which a haze over most of the lung would raise), only when most of the perihilar field is
-hazy, and is then drawn over its perihilar distribution (a bat's wing about each hilum, sparing apex, periphery
-and base), including lung seen through the heart; effusion is dense fluid layering up from the lung base (filled from the bottom, strongest
-laterally, spilling just beyond the lung outline at the costophrenic angle), and in a hemithorax that holds
-enough of it, all of the base below the aerated lung, down to the other lung's mirrored outline when that side
-is clear (a segmenter stops the lung at the fluid's surface); cardiomegaly is the heart
-mask scaled by the cardiothoracic-ratio evidence.
+hazy, and is then drawn over its perihilar distribution (a bat's wing about each hilum, sparing apex,
+periphery and base), including lung seen through the heart; effusion is dense fluid layering up from the
+lung base (filled from the bottom, strongest laterally, spilling just beyond the lung outline at the
+costophrenic angle), and in a hemithorax that holds enough of it, all of the base below the aerated lung,
+down to the other lung's mirrored outline when that side is clear (a segmenter stops the lung at the fluid's
+surface); cardiomegaly is the heart mask scaled by the cardiothoracic-ratio evidence.
 """
 from __future__ import annotations
 
@@ -175,9 +175,8 @@ class ClassicalLesionPrior(LesionPriorBackend):
         effusion_min_blunting: float = 0.015,  # of the lung's height: lateral bottom above the lowest point = blunted angle
         effusion_expected_height: float = 2.0,  # a clear lung's height over its width (when neither side is clear)
         effusion_side_fill: tuple[float, float] = (0.02, 0.06),  # strong share of a hemithorax: its unaerated base is fluid
-        effusion_dome_depth: float = 0.18,
-        effusion_mirror: bool = True,
-  # a hemithorax with fluid beside a clear one takes the clear lung's outline, mirrored  # of the lung's height: how much higher the lung ends medially than laterally
+        effusion_dome_depth: float = 0.18,  # of the lung's height: how much higher the lung ends medially than laterally
+        effusion_mirror: bool = True,  # a hemithorax with fluid beside a clear one takes the clear lung's outline, mirrored
         ctr_midpoint: float = 0.5,  # cardiothoracic ratio at which cardiomegaly probability is 0.5
         ctr_scale: float = 0.03,
         strong_level: float = 0.5,  # map level counted as lesion for the probabilities
@@ -310,7 +309,7 @@ class ClassicalLesionPrior(LesionPriorBackend):
         seen = (right & frame.field, left & frame.field)
         effusion = self._effusion(vs_expected, effusion_levels, frame, heart | mediastinum, max(image.shape), seen, (right, left))
         maps[LesionType.EFFUSION.value] = effusion
-        field = frame.field.astype(np.float32)
+        field = frame.field
 
         opacity_levels = self._levels(self.opacity_density, spread)
         opacity = ramp(focal, *opacity_levels) * field
@@ -335,9 +334,9 @@ class ClassicalLesionPrior(LesionPriorBackend):
 
         Haze is measured on both sides at mirrored points (the lower of the two) against the lung's darkest part,
         over the inner part of the bat's wing as a whole: normal hila and vessels are dense in small parts of it,
-        edema in most of it. Its extent is not the haze outline (haze fades smoothly into aerated lung, and ribs and vessels make
-        any density contour ragged) but edema's distribution: perihilar, sparing the apex, the periphery and the base,
-        including lung seen through the heart."""
+        edema in most of it. Its extent is not the haze outline (haze fades smoothly into aerated lung, and ribs
+        and vessels make any density contour ragged) but edema's distribution: perihilar, sparing the apex, the
+        periphery and the base, including lung seen through the heart."""
         local = masked_gaussian(image, frame.field, self.edema_smoothing * max(image.shape))
         reference = float(np.quantile(local[frame.field], self.edema_reference_quantile))
         tissue = float(np.median(image[heart])) if heart.any() else float(np.quantile(image[frame.lungs], 0.95))

@@ -55,9 +55,6 @@ class FusionRule(_Section):
     min_cardiothoracic_ratio: float | None = None  # cardiomegaly only
     # cardiomegaly only: the ratio needed on these view positions instead (an AP film magnifies the heart)
     min_cardiothoracic_ratio_by_view: dict[str, float] = Field(default_factory=dict)
-
-    def cardiothoracic_threshold(self, view: str) -> float | None:
-        return self.min_cardiothoracic_ratio_by_view.get(view, self.min_cardiothoracic_ratio)
     # 'lung_base' only: how far below the lung field the region reaches, as a fraction of the lung's height
     # (fluid fills the costophrenic recess, which the aerated lung field leaves out)
     below_depth: float = Field(0.0, ge=0, le=1)
@@ -73,6 +70,9 @@ class FusionRule(_Section):
     # True: the map fades where the image's reported pleural fluid is (`GroundingConfig.fluid_hides`): the lung behind
     # fluid is not seen, and the density there is the fluid's
     behind_fluid: bool = False
+
+    def cardiothoracic_threshold(self, view: str) -> float | None:
+        return self.min_cardiothoracic_ratio_by_view.get(view, self.min_cardiothoracic_ratio)
 
     @field_validator("region")
     @classmethod
