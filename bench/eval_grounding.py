@@ -1,12 +1,14 @@
 """End-to-end grounding quality on a synthetic corpus, scored against its ground truth (DESIGN.md §6).
 
     .venv/bin/python bench/eval_grounding.py [--studies 40] [--seed 0] [--config classical]
+    .venv/bin/python bench/eval_grounding.py --seed 0 1 2 5             # one table per corpus, then pooled
     .venv/bin/python bench/eval_grounding.py --corpus ROOT --run OUT      # score an existing run
 
 Per lesion type: visible true lesions reported as definite that became positives (recall; uncertain ones are
 neither positives nor negatives by policy), IoU of the positive mask with the true mask, reported-but-invisible
 findings that were discarded, positives on images without that lesion, positive pairs whose locations hold at
-least 10 % of the true lesion (loc ok), and negatives that the ground truth contradicts.
+least 10 % of the true lesion (loc ok), and negatives that the ground truth contradicts. With several seeds, the
+counts of all corpora are pooled into a last table: single small corpora move by several points between seeds.
 """
 from __future__ import annotations
 
@@ -129,7 +131,7 @@ def _line(name: str, r) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--studies", type=int, default=40)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, nargs="+", default=[0])
     parser.add_argument("--config", default="classical")
     parser.add_argument("--set", action="append", default=[])
     parser.add_argument("--corpus", type=Path)
@@ -138,12 +140,21 @@ def main() -> None:
     if args.corpus and args.run:
         print_table(score(args.corpus, args.run))
         return
-    with tempfile.TemporaryDirectory() as tmp:
-        corpus, run = Path(tmp) / "corpus", Path(tmp) / "run"
-        synthesize_corpus(corpus, args.studies, seed=args.seed)
-        run_pipeline(corpus, run, load_config(args.config, args.set), overwrite=True)
-        print(f"{args.studies} synthetic studies, seed {args.seed}, config {args.config} {' '.join(args.set)}")
-        print_table(score(corpus, run))
+    pooled: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
+    for seed in args.seed:
+        with tempfile.TemporaryDirectory() as tmp:
+            corpus, run = Path(tmp) / "corpus", Path(tmp) / "run"
+            synthesize_corpus(corpus, args.studies, seed=seed)
+            run_pipeline(corpus, run, load_config(args.config, args.set), overwrite=True)
+            print(f"{args.studies} synthetic studies, seed {seed}, config {args.config} {' '.join(args.set)}")
+            rows = score(corpus, run)
+            print_table(rows)
+        for target, row in rows.items():
+            for key, value in row.items():
+                pooled[target][key] += value
+    if len(args.seed) > 1:
+        print(f"pooled: {len(args.seed)} corpora of {args.studies} studies, seeds {' '.join(map(str, args.seed))}")
+        print_table(pooled)
 
 
 if __name__ == "__main__":
