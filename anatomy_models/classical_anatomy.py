@@ -54,7 +54,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from anatomy_models.base import AnatomyBackend, register, validated_options
 from anatomy_models.zones import ZONE_BOUNDS, ZoneBoundsOption, lower_border_band, lung_regions
 from schemas.vocab import Location
-from transforms.masks import lowest_rows
+from transforms.masks import lowest_rows, mirrored_columns
 from transforms.records import AnatomyResult
 
 RETROCARDIAC_LUNG = "retrocardiac lung"  # extra structure: the lung fields carried behind the heart, not seen aerated
@@ -312,9 +312,7 @@ def _complete_short_base(lungs: dict[str, np.ndarray], axis: float) -> dict[str,
     raise_by = int(round(_HEMIDIAPHRAGM_DIFFERENCE * height))
     if gap <= raise_by:
         return lungs
-    width = lungs[short].shape[1]
-    source = np.clip(np.round(2 * axis - np.arange(width)).astype(int), 0, width - 1)
-    mirrored = lungs[other][:, source]
+    mirrored = mirrored_columns(lungs[other], 2 * axis)
     mirrored = np.roll(mirrored, -raise_by, axis=0)
     mirrored[-raise_by:] = False
     top, bottom = extents[short]

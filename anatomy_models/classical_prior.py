@@ -36,13 +36,8 @@ from anatomy_models.base import LesionPriorBackend, register
 from anatomy_models.classical_anatomy import RETROCARDIAC_LUNG
 from schemas.vocab import LesionType, Location
 from transforms.grounding import cardiothoracic_ratio
-from transforms.masks import lowest_rows, resize_mask
+from transforms.masks import lowest_rows, mirrored_columns, ramp, resize_mask
 from transforms.records import AnatomyResult, LesionPrior
-
-
-def ramp(values: np.ndarray, low: float, high: float) -> np.ndarray:
-    """0 below `low`, 1 above `high`, linear between."""
-    return np.clip((values - low) / max(high - low, 1e-6), 0.0, 1.0)
 
 
 def masked_gaussian(image: np.ndarray, mask: np.ndarray, sigma: float, sigma_x: float | None = None) -> np.ndarray:
@@ -309,18 +304,17 @@ class ClassicalLesionPrior(LesionPriorBackend):
         seen = (right & frame.field, left & frame.field)
         effusion = self._effusion(vs_expected, effusion_levels, frame, heart | mediastinum, max(image.shape), seen, (right, left))
         maps[LesionType.EFFUSION.value] = effusion
-        field = frame.field
 
         opacity_levels = self._levels(self.opacity_density, spread)
-        opacity = ramp(focal, *opacity_levels) * field
+        opacity = ramp(focal, *opacity_levels) * frame.field
         maps[LesionType.OPACITY.value] = opacity
         maps[LesionType.PNEUMONIA.value] = opacity
-        maps[LesionType.CONSOLIDATION.value] = ramp(focal, *self._levels(self.consolidation_density, spread)) * field
+        maps[LesionType.CONSOLIDATION.value] = ramp(focal, *self._levels(self.consolidation_density, spread)) * frame.field
 
         sigma = self.smoothing * max(image.shape)
         band = masked_gaussian(focal, frame.field, sigma, sigma_x=sigma * self.atelectasis_band_ratio)
         base_weight = self.atelectasis_apex_weight + (1 - self.atelectasis_apex_weight) * frame.v
-        maps[LesionType.ATELECTASIS.value] = ramp(band, *opacity_levels) * base_weight * field
+        maps[LesionType.ATELECTASIS.value] = ramp(band, *opacity_levels) * base_weight * frame.field
 
         maps[LesionType.EDEMA.value] = self._edema(image, frame, heart, mirror_valid)
 
@@ -407,12 +401,9 @@ class ClassicalLesionPrior(LesionPriorBackend):
             presence = float(ramp(np.float32(shares[index]), *self.effusion_side_fill))
             if presence <= 0 or shares[other] >= self.effusion_side_fill[0]:  # the other side must be clear
                 continue
-            ys, xs = np.nonzero(lungs[other])
-            mirrored = midline_twice - xs
-            inside = (mirrored >= 0) & (mirrored < effusion.shape[1])
-            outline = np.zeros(effusion.shape, np.uint8)
-            outline[ys[inside], mirrored[inside]] = 1
-            outline = cv2.morphologyEx(outline, cv2.MORPH_CLOSE, np.ones((3, 3), np.uint8)).astype(bool)
+            # closed: the outline stands for a lung that is not seen, so its 1-pixel notches carry no information
+            outline = cv2.morphologyEx(mirrored_columns(lungs[other], midline_twice).astype(np.uint8), cv2.MORPH_CLOSE,
+                                       np.ones((3, 3), np.uint8)).astype(bool)
             if not outline.any():
                 continue
             top, bottom = np.flatnonzero(outline.any(axis=1))[[0, -1]]

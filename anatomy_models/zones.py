@@ -23,6 +23,7 @@ import numpy as np
 from pydantic import AfterValidator
 
 from schemas.vocab import LUNG_BY_SIDE, ZONES_BY_SIDE, Location
+from transforms.masks import lowest_rows
 
 # Boundaries between apical|upper, upper|mid and mid|base, as fractions of a lung's height from its apex.
 ZONE_BOUNDS: tuple[float, float, float] = (0.15, 0.40, 0.70)
@@ -87,9 +88,8 @@ def lower_border_band(region: np.ndarray, thickness: int) -> np.ndarray:
     if thickness <= 0:
         return band
     height = region.shape[0]
-    columns = np.flatnonzero(region.any(axis=0))
-    # Lowest region row per column: the last True when scanning down.
-    lowest = height - 1 - np.argmax(region[::-1, columns], axis=0)
-    for column, row in zip(columns, lowest):
+    lowest = lowest_rows(region)
+    for column in np.flatnonzero(lowest >= 0):
+        row = lowest[column]
         band[row + 1 : min(row + 1 + thickness, height), column] = True
     return band

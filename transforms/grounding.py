@@ -20,7 +20,7 @@ from schemas.vocab import (
     Location,
     Stage,
 )
-from transforms.masks import dilate, lowest_rows
+from transforms.masks import dilate, lowest_rows, ramp
 from transforms.records import AnatomyResult, Box, Candidate, Finding, LesionPrior, RefinedMask
 
 _DEFAULT_RULE = FusionRule()
@@ -339,7 +339,7 @@ def behind_reported_fluid(findings: list[Finding], anatomy: AnatomyResult, prior
     if effusion is None or not lungs:
         return prior
     low, high = config.fluid_hides
-    fluid = np.clip((effusion - low) / max(high - low, 1e-6), 0.0, 1.0) * np.logical_or.reduce(lungs)
+    fluid = ramp(effusion, low, high) * np.logical_or.reduce(lungs)
     seen = (1.0 - fluid).astype(np.float32)
     maps = {target: prior_map * seen if _rule(config, target).behind_fluid else prior_map
             for target, prior_map in prior.maps.items()}

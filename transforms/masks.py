@@ -97,6 +97,22 @@ def resize_mask(mask: np.ndarray, height: int, width: int) -> np.ndarray:
     return _resized_levels(mask, height, width) >= INSIDE_LEVEL
 
 
+def ramp(values: np.ndarray, low: float, high: float) -> np.ndarray:
+    """0 below `low`, 1 above `high`, linear between."""
+    return np.clip((values - low) / max(high - low, 1e-6), 0.0, 1.0)
+
+
+def mirrored_columns(mask: np.ndarray, axis_twice: float) -> np.ndarray:
+    """The mask reflected about the column `axis_twice / 2` (twice the axis, so a half-column axis stays exact);
+    columns whose reflection falls outside the image are empty."""
+    width = mask.shape[1]
+    source = np.round(axis_twice - np.arange(width)).astype(int)
+    inside = (source >= 0) & (source < width)
+    mirrored = np.zeros_like(mask)
+    mirrored[:, inside] = mask[:, source[inside]]
+    return mirrored
+
+
 def lowest_rows(mask: np.ndarray) -> np.ndarray:
     """Per column, the row of the mask's lowest pixel; -1 in columns the mask does not reach."""
     return np.where(mask.any(axis=0), mask.shape[0] - 1 - np.argmax(mask[::-1], axis=0), -1)
