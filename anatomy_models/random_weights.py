@@ -32,3 +32,29 @@ def save_random_sam(folder: Path, model_type: str = "vit_b", builder: Callable |
     path = Path(folder) / f"sam_{model_type}_random.pth"
     torch.save(build(checkpoint=None).state_dict(), path)
     return path
+
+
+def save_random_cxas(folder: Path) -> Path:
+    """torchxrayvision's CXAS UNet (ResNet-50) state dict, under the published checkpoint's file name."""
+    import torch
+    from torchxrayvision.baseline_models import chestx_anatomy
+
+    from anatomy_models.weights import CXAS_WEIGHTS
+
+    torch.manual_seed(0)
+    path = Path(folder) / CXAS_WEIGHTS.filename
+    torch.save(chestx_anatomy.UNetResNet50(weights=False).state_dict(), path)
+    return path
+
+
+def save_random_pspnet(folder: Path) -> Path:
+    """torchxrayvision's 14-structure PSPNet, saved as published: a DataParallel state dict ('module.' keys)."""
+    import torch
+    from torchxrayvision.baseline_models.chestx_det.ptsemseg.pspnet import pspnet
+
+    from anatomy_models.weights import PSPNET_WEIGHTS
+
+    torch.manual_seed(0)
+    path = Path(folder) / PSPNET_WEIGHTS.filename
+    torch.save({f"module.{key}": value for key, value in pspnet(14).state_dict().items()}, path)
+    return path

@@ -3,18 +3,27 @@
 Each candidate gives a box prompt and, optionally, one positive point at the deepest point of its prior
 component (so a loose box around a small lesion still says which object is meant). SAM returns three
 masks per prompt; the one with the highest predicted IoU is kept, and that prediction is the score.
+
+On CUDA the image encoder (the cost: vit_h 191 ms fp32, 68 ms bf16 on an H100) runs under autocast, bf16
+by default (its embedding differs from fp32 by 0.9 % relative L2); the prompt and mask decoders stay fp32,
+so mask outlines are thresholded on fp32 logits. The image is resized for the encoder with OpenCV on its
+one gray channel (SAM's own resize goes through PIL on three equal RGB channels: 14 ms of CPU per image).
 """
 from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
 
 from anatomy_models.base import MaskRefiner, register
-from anatomy_models.weights import MissingWeightsError, pick_device
+from anatomy_models.weights import MissingWeightsError, Precision, pick_device, pick_precision
 from transforms.records import Box, RefinedMask
+
+if TYPE_CHECKING:
+    import torch
 
 # Official checkpoints, from the segment-anything README (facebookresearch/segment-anything).
 SAM_CHECKPOINT_URLS = {
@@ -64,10 +73,15 @@ class SamRefiner(MaskRefiner):
         device: str = "auto",  # CUDA when present
         point_prompt: bool = True,
         mask_threshold: float = 0.0,  # on SAM's mask logits
+        precision: Precision = "auto",  # the image encoder's autocast dtype: bf16 on CUDA, fp32 on CPU
     ) -> None:
         self.checkpoint = resolve_checkpoint(checkpoint, model_type)
         self.model_type = model_type
         self.device = device
+        try:  # checked now, so that a bad setting fails in the launcher rather than on a worker
+            self.precision = pick_precision(precision, pick_device(device))
+        except ValueError as error:
+            raise ValueError(f"refiner 'sam': {error}") from None
         self.point_prompt = point_prompt
         self.mask_threshold = mask_threshold
         self._predictor = None
@@ -97,9 +111,12 @@ class SamRefiner(MaskRefiner):
         self.load()
         predictor = self._predictor
         gray = image if image.dtype == np.uint8 else np.clip(image, 0, 255).astype(np.uint8)
-        predictor.set_image(cv2.cvtColor(gray, cv2.COLOR_GRAY2RGB))  # the one encoder pass for this image
         size = gray.shape[:2]
         device = predictor.device
+        encoder_input = self.encoder_input(gray, device)
+        with torch.autocast(device.type, dtype=self.precision, enabled=self.precision is not None):
+            predictor.set_torch_image(encoder_input, size)  # the one encoder pass for this image
+        predictor.features = predictor.features.float()
         box_tensor = torch.tensor([[b.x0, b.y0, b.x1, b.y1] for b in boxes], dtype=torch.float32, device=device)
         box_tensor = predictor.transform.apply_boxes_torch(box_tensor, size)
         points = labels = None
@@ -116,6 +133,19 @@ class SamRefiner(MaskRefiner):
         chosen = masks[rows, best].cpu().numpy().astype(bool)
         scores = predicted_iou[rows, best].clamp(0, 1).cpu().numpy()
         return [RefinedMask(mask=mask, score=float(score)) for mask, score in zip(chosen, scores)]
+
+
+    def encoder_input(self, gray: np.ndarray, device: torch.device) -> torch.Tensor:
+        """[1, 3, h, w] float on `device`: `gray` resized so its long side is the encoder's input size, as SAM's
+        own transform does (bilinear), on the one channel that the three RGB channels would repeat."""
+        import torch
+        from segment_anything.utils.transforms import ResizeLongestSide
+
+        height, width = gray.shape[:2]
+        new_height, new_width = ResizeLongestSide.get_preprocess_shape(height, width,
+                                                                       self._predictor.transform.target_length)
+        resized = cv2.resize(gray, (new_width, new_height), interpolation=cv2.INTER_LINEAR)
+        return torch.from_numpy(resized).to(device).float()[None, None].expand(1, 3, new_height, new_width)
 
 
 def _box_mask(box: Box, size: tuple[int, int]) -> np.ndarray:

@@ -1,4 +1,5 @@
-"""Model files and the torch plumbing shared by the torchxrayvision anatomy backends (cxas, pspnet).
+"""Model files and the torch plumbing shared by the torchxrayvision anatomy backends (cxas, pspnet); the
+device and precision choice shared by every learned backend.
 
 Where weights live, and one clear error when they are missing: nothing is ever downloaded here.
 File names and URLs are torchxrayvision's own, so a cache filled by torchxrayvision on a connected
@@ -15,6 +16,7 @@ import os
 from dataclasses import dataclass
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Literal, get_args
 
 import cv2
 import numpy as np
@@ -66,6 +68,9 @@ def resolve_weights(spec: WeightsSpec, weights_dir: str | os.PathLike | None = N
     return path
 
 
+Precision = Literal["auto", "fp32", "fp16", "bf16"]  # autocast dtype of a forward pass (auto: bf16 on CUDA)
+
+
 def pick_device(requested: str = "auto") -> torch.device:
     """CUDA when available (or asked for), else CPU."""
     if requested == "auto":
@@ -73,6 +78,27 @@ def pick_device(requested: str = "auto") -> torch.device:
     if requested.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"device {requested!r} requested but CUDA is not available on this machine")
     return torch.device(requested)
+
+
+def pick_precision(requested: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for a forward pass on `device`, or None for plain fp32.
+
+    'auto': bf16 on CUDA GPUs that support it, else fp16 on CUDA; fp32 on CPU. fp16 needs CUDA (CPU
+    autocast runs bf16 only); bf16 on a CUDA GPU without bf16 support is refused."""
+    if requested not in get_args(Precision):
+        raise ValueError(f"unknown precision {requested!r} (known: {', '.join(get_args(Precision))})")
+    if requested == "fp32" or (requested == "auto" and device.type != "cuda"):
+        return None
+    if device.type == "cuda":
+        bf16_ok = torch.cuda.is_bf16_supported()
+        if requested == "auto":
+            return torch.bfloat16 if bf16_ok else torch.float16
+        if requested == "bf16" and not bf16_ok:
+            raise ValueError(f"precision 'bf16' requested but {device} does not support bfloat16; use fp16 or fp32")
+        return torch.bfloat16 if requested == "bf16" else torch.float16
+    if requested == "fp16":
+        raise ValueError("precision 'fp16' needs a CUDA device; on CPU use fp32 or bf16")
+    return torch.bfloat16
 
 
 def to_model_input(images: Sequence[np.ndarray], size: int) -> torch.Tensor:

@@ -14,14 +14,14 @@ import contextlib
 from abc import abstractmethod
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from anatomy_models.base import AnatomyBackend, validated_options
-from anatomy_models.weights import WeightsSpec, masks_and_confidence, pick_device, resolve_weights, segment_batch
+from anatomy_models.weights import (
+    Precision, WeightsSpec, masks_and_confidence, pick_device, pick_precision, resolve_weights, segment_batch)
 from transforms.records import AnatomyResult
 
 
@@ -33,7 +33,7 @@ class XrvSegmenterOptions(BaseModel):
     threshold: float = Field(0.5, gt=0.0, lt=1.0)
     thresholds: dict[str, float] = Field(default_factory=dict)  # per structure (our names), overrides `threshold`
     batch_size: int = Field(4, ge=1)
-    precision: Literal["auto", "fp32", "fp16", "bf16"] = "auto"  # autocast dtype of the forward pass
+    precision: Precision = "auto"  # autocast dtype of the forward pass
 
     @field_validator("thresholds")
     @classmethod
@@ -41,25 +41,6 @@ class XrvSegmenterOptions(BaseModel):
         if any(not 0.0 < value < 1.0 for value in thresholds.values()):
             raise ValueError("thresholds must lie in (0, 1)")
         return thresholds
-
-
-def pick_precision(requested: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype for a forward pass on `device`, or None for plain fp32.
-
-    'auto': bf16 on CUDA GPUs that support it, else fp16 on CUDA; fp32 on CPU. fp16 needs CUDA (CPU
-    autocast runs bf16 only); bf16 on a CUDA GPU without bf16 support is refused."""
-    if requested == "fp32" or (requested == "auto" and device.type != "cuda"):
-        return None
-    if device.type == "cuda":
-        bf16_ok = torch.cuda.is_bf16_supported()
-        if requested == "auto":
-            return torch.bfloat16 if bf16_ok else torch.float16
-        if requested == "bf16" and not bf16_ok:
-            raise ValueError(f"precision 'bf16' requested but {device} does not support bfloat16; use fp16 or fp32")
-        return torch.bfloat16 if requested == "bf16" else torch.float16
-    if requested == "fp16":
-        raise ValueError("precision 'fp16' needs a CUDA device; on CPU use fp32 or bf16")
-    return torch.bfloat16
 
 
 class XrvSegmenter(AnatomyBackend):

@@ -34,39 +34,17 @@ import pandas as pd
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from common import base_corpus, bench_finding, load  # noqa: E402
+
 from anatomy_models.base import create  # noqa: E402
 from pipeline.config import load_config  # noqa: E402
 from pipeline.corpus import METADATA_FILE, SPLIT_FILE, image_path, index_corpus, report_path  # noqa: E402
 from transforms.grounding import ground_findings  # noqa: E402
 from transforms.image_results import encode_groundings  # noqa: E402
 from transforms.images import decode_for_models  # noqa: E402
-from transforms.records import Finding  # noqa: E402
 from transforms.structuring import ReportText, RuleStructurer, load_vocabulary  # noqa: E402
 
 NO_GATE = ["quality.validate_after_run=false"]
-
-
-def load() -> list[float]:
-    return [round(x, 2) for x in os.getloadavg()]
-
-
-def _finding(target: str) -> Finding:
-    """A fixed grounding workload: one unlocated, present, definite finding per lesion type."""
-    return Finding(f"bench-{target}", "bench", "bench", "FINDINGS", 0, target, target, "present", "definite", (),
-                   target, 0, len(target), "bench")
-
-
-def base_corpus(cache: Path, n_studies: int) -> Path:
-    from pipeline.synth import synthesize_corpus
-
-    root = cache / f"base-{n_studies}-seed0"
-    if not (root / "ground_truth").is_dir():
-        if root.exists():
-            shutil.rmtree(root)
-        started = time.perf_counter()
-        synthesize_corpus(root, n_studies, seed=0)
-        print(f"synth: {n_studies} studies in {time.perf_counter() - started:.0f} s -> {root}")
-    return root
 
 
 def tile_corpus(base: Path, dest: Path, n_studies: int) -> Path:
@@ -129,7 +107,7 @@ def stage_timings(root: Path, config, limit: int = 40) -> dict:
         t2 = time.perf_counter()
         (prior,) = models["lesion_prior"].predict([pixels], [anatomy])
         t3 = time.perf_counter()
-        groundings = ground_findings([_finding(t) for t in prior.maps], anatomy, prior, pixels, models["refiner"],
+        groundings = ground_findings([bench_finding(t) for t in prior.maps], anatomy, prior, pixels, models["refiner"],
                                      config.grounding)
         t4 = time.perf_counter()
         encode_groundings(groundings, anatomy, height, width, unions)

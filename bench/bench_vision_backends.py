@@ -1,11 +1,13 @@
-"""Lesion prior and refinement per backend (issue #5): images/s of each, on CPU here and on CUDA when present.
+"""Anatomy, lesion prior and refinement per backend (issue #5): images/s of each, on CPU here and on CUDA when present.
 
-    .venv/bin/python bench/bench_vision_backends.py [--images 8] [--sam-images 3] [--device auto]
+    .venv/bin/python bench/bench_vision_backends.py [--images 8] [--sam-images 3] [--sam-types vit_b] [--device auto] [--precision auto]
 
 The learned backends run the real architectures with random weights (none can be downloaded here): timings
-are real, outputs are not. Every image gets the same candidate boxes (from the classical prior, one finding of
-each lung lesion type), and the SAM row counts image-encoder passes, which must be one per image whatever the
-number of boxes. Writes bench/results_vision_backends.json.
+are real, outputs are not. Anatomy and prior get the images in batches of the pipeline's `vision.batch_size`
+(as the Beam DAG gives them), so their ms/image is a batch's time over its size; refinement is per image.
+Every image gets the same candidate boxes (from the classical prior, one finding of each lung lesion type),
+and the SAM row counts image-encoder passes, which must be one per image whatever the number of boxes.
+Writes bench/results_vision_backends.json.
 """
 from __future__ import annotations
 
@@ -17,15 +19,18 @@ import sys
 import tempfile
 import time
 from datetime import datetime, timezone
+from typing import get_args
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench_pipeline import _finding, base_corpus, load  # noqa: E402
+from common import base_corpus, bench_finding, load  # noqa: E402
 
 from anatomy_models.base import create  # noqa: E402
-from anatomy_models.random_weights import save_random_densenet, save_random_sam  # noqa: E402
+from anatomy_models.weights import Precision  # noqa: E402
+from anatomy_models.random_weights import (  # noqa: E402
+    save_random_cxas, save_random_densenet, save_random_pspnet, save_random_sam)
 from pipeline.config import load_config  # noqa: E402
 from pipeline.corpus import index_corpus  # noqa: E402
 from schemas.vocab import LesionType  # noqa: E402
@@ -47,7 +52,7 @@ def _inputs(root: Path, config, limit: int):
         (anatomy,) = anatomy_model.segment([pixels])
         (prior,) = prior_model.predict([pixels], [anatomy])
         kept = [c for t in LesionType if t is not LesionType.CARDIOMEGALY
-                for c in select_candidates(_finding(t.value), anatomy, prior, config.grounding).kept]
+                for c in select_candidates(bench_finding(t.value), anatomy, prior, config.grounding).kept]
         cases.append((pixels, anatomy, [c.box for c in kept], [c.component for c in kept]))
     return cases
 
@@ -63,6 +68,18 @@ def _time_per_image(run, cases, after_warmup=lambda: None) -> list[float]:
     return seconds
 
 
+def _time_per_batch(run, cases, batch_size: int) -> list[float]:
+    """Seconds per image of each batch (a batch's time over its size), after one warm-up batch."""
+    batches = [cases[i:i + batch_size] for i in range(0, len(cases), batch_size)]
+    run(batches[0])
+    seconds = []
+    for batch in batches:
+        started = time.perf_counter()
+        run(batch)
+        seconds += [(time.perf_counter() - started) / len(batch)] * len(batch)
+    return seconds
+
+
 def _row(stage: str, backend: str, device: str, seconds: list[float], **extra) -> dict:
     median = statistics.median(seconds)
     return {"stage": stage, "backend": backend, "device": device, "n_images": len(seconds),
@@ -75,21 +92,46 @@ def _device(requested: str) -> str:
     return str(pick_device(requested))
 
 
-def measure(root: Path, n_images: int, n_sam_images: int, device: str, weights_dir: Path) -> list[dict]:
+def _gpu_name() -> str | None:
+    import torch
+
+    return torch.cuda.get_device_name() if torch.cuda.is_available() else None
+
+
+def _dtype_name(autocast_dtype) -> str:
+    """A learned backend's resolved precision: its autocast dtype, or fp32 when it runs without autocast."""
+    return {"torch.bfloat16": "bf16", "torch.float16": "fp16"}.get(str(autocast_dtype), "fp32")
+
+
+def measure(root: Path, n_images: int, n_sam_images: int, sam_types: list[str], device: str, precision: str,
+            weights_dir: Path, batch_size: int | None = None) -> list[dict]:
     config = load_config("classical").config
     cases = _inputs(root, config, n_images)
+    batch = batch_size or config.vision.batch_size
     rows = []
+
+    save_random_cxas(weights_dir)
+    save_random_pspnet(weights_dir)
+    learned = {"weights_dir": str(weights_dir), "device": device, "precision": precision}
+    for backend, options in (("classical", {}), ("cxas", learned), ("pspnet", learned)):
+        anatomy = create("anatomy", backend, **options)
+        anatomy.load()
+        rows.append(_row("anatomy", backend, "cpu" if backend == "classical" else _device(device),
+                         _time_per_batch(lambda b: anatomy.segment([c[0] for c in b]), cases, batch), batch=batch,
+                         precision=_dtype_name(getattr(anatomy, "precision", None))))
 
     classical_prior = create("lesion_prior", "classical")
     classical_prior.load()
     rows.append(_row("lesion prior", "classical", "cpu",
-                     _time_per_image(lambda c: classical_prior.predict([c[0]], [c[1]]), cases)))
+                     _time_per_batch(lambda b: classical_prior.predict([c[0] for c in b], [c[1] for c in b]),
+                                     cases, batch), batch=batch))
 
     save_random_densenet(weights_dir)
     xrv_prior = create("lesion_prior", "xrv", weights_dir=str(weights_dir), device=device)
     xrv_prior.load()
     rows.append(_row("lesion prior", "xrv", _device(device),
-                     _time_per_image(lambda c: xrv_prior.predict([c[0]], [c[1]]), cases)))
+                     _time_per_batch(lambda b: xrv_prior.predict([c[0] for c in b], [c[1] for c in b]),
+                                     cases, batch), batch=batch))
 
     boxes_per_image = statistics.mean(len(c[2]) for c in cases)
     grabcut = create("refiner", "classical", **config.refiner.options)
@@ -97,38 +139,49 @@ def measure(root: Path, n_images: int, n_sam_images: int, device: str, weights_d
     rows.append(_row("refine", "classical", "cpu", _time_per_image(lambda c: grabcut.refine(c[0], c[2], c[3]), cases),
                      boxes_per_image=round(boxes_per_image, 1)))
 
-    sam = create("refiner", "sam", checkpoint=str(save_random_sam(weights_dir, "vit_b")), model_type="vit_b",
-                 device=device)
-    sam.load()
-    encoder_passes = []
-    original = sam._predictor.set_image
-
-    def counted(*args, **kwargs):
-        encoder_passes.append(1)
-        return original(*args, **kwargs)
-
-    sam._predictor.set_image = counted
     sam_cases = [c for c in cases if c[2]][:n_sam_images]
-    seconds = _time_per_image(lambda c: sam.refine(c[0], c[2], c[3]), sam_cases, after_warmup=encoder_passes.clear)
-    rows.append(_row("refine", "sam vit_b", _device(device), seconds,
-                     boxes_per_image=round(statistics.mean(len(c[2]) for c in sam_cases), 1),
-                     encoder_passes_per_image=round(len(encoder_passes) / len(sam_cases), 2)))
+    if not sam_cases:
+        print("refine sam: no image with a kept candidate among those timed (raise --images)")
+    for model_type in sam_types if sam_cases else ():
+        sam = create("refiner", "sam", checkpoint=str(save_random_sam(weights_dir, model_type)),
+                     model_type=model_type, device=device, precision=precision)
+        sam.load()
+        encoder_passes = []
+        original = sam._predictor.set_torch_image
+
+        def counted(*args, **kwargs):
+            encoder_passes.append(1)
+            return original(*args, **kwargs)
+
+        sam._predictor.set_torch_image = counted
+        seconds = _time_per_image(lambda c: sam.refine(c[0], c[2], c[3]), sam_cases,
+                                  after_warmup=encoder_passes.clear)
+        rows.append(_row("refine", f"sam {model_type}", _device(device), seconds,
+                         precision=_dtype_name(sam.precision),
+                         boxes_per_image=round(statistics.mean(len(c[2]) for c in sam_cases), 1),
+                         encoder_passes_per_image=round(len(encoder_passes) / len(sam_cases), 2)))
     return rows
 
 
 def print_table(rows: list[dict]) -> None:
-    print(f"{'stage':<14}{'backend':<12}{'device':<8}{'images':>7}{'ms/image':>10}{'images/s':>10}"
-          f"{'boxes/img':>10}{'encodes/img':>12}")
+    print(f"{'stage':<14}{'backend':<12}{'device':<8}{'dtype':<6}{'batch':>6}{'images':>7}{'ms/image':>10}"
+          f"{'images/s':>10}{'boxes/img':>10}{'encodes/img':>12}")
     for r in rows:
-        print(f"{r['stage']:<14}{r['backend']:<12}{r['device']:<8}{r['n_images']:>7}{r['ms_per_image']:>10.1f}"
-              f"{r['images_per_second']:>10.2f}{r.get('boxes_per_image', ''):>10}{r.get('encoder_passes_per_image', ''):>12}")
+        print(f"{r['stage']:<14}{r['backend']:<12}{r['device']:<8}{r.get('precision', 'fp32'):<6}{r.get('batch', 1):>6}"
+              f"{r['n_images']:>7}{r['ms_per_image']:>10.1f}{r['images_per_second']:>10.2f}"
+              f"{r.get('boxes_per_image', ''):>10}{r.get('encoder_passes_per_image', ''):>12}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--images", type=int, default=8)
+    parser.add_argument("--images", type=int, default=8, help="images timed (anatomy and prior: in batches)")
+    parser.add_argument("--batch-size", type=int, default=None, help="anatomy/prior batch (default: vision.batch_size)")
     parser.add_argument("--sam-images", type=int, default=3, help="SAM vit_b is slow on a CPU: time fewer images")
+    parser.add_argument("--sam-types", nargs="+", default=["vit_b"], choices=["vit_b", "vit_l", "vit_h"],
+                        help="SAM image encoders to time (vit_h is the realistic one on a GPU)")
     parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
+    parser.add_argument("--precision", default="auto", choices=get_args(Precision),
+                        help="cxas, pspnet and SAM's autocast dtype (auto: bf16 on CUDA, fp32 on CPU)")
     parser.add_argument("--base", type=int, default=100, help="studies of the cached synthetic corpus")
     parser.add_argument("--cache", default=str(Path(tempfile.gettempdir()) / "mimic-ils-bench"))
     parser.add_argument("--output", default=str(REPO / "bench" / "results_vision_backends.json"))
@@ -138,9 +191,10 @@ def main() -> None:
     root = base_corpus(cache, args.base)
     load_at_start = load()
     with tempfile.TemporaryDirectory() as weights_dir:
-        rows = measure(root, args.images, args.sam_images, args.device, Path(weights_dir))
+        rows = measure(root, args.images, args.sam_images, args.sam_types, args.device, args.precision,
+                       Path(weights_dir), args.batch_size)
     results = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "cpus": os.cpu_count(),
-               "load_at_start": load_at_start, "load_at_end": load(), "rows": rows}
+               "load_at_start": load_at_start, "load_at_end": load(), "gpu": _gpu_name(), "rows": rows}
     Path(args.output).write_text(json.dumps(results, indent=2) + "\n")
     print_table(rows)
     print(f"\nwritten: {args.output}")

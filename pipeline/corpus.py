@@ -13,7 +13,7 @@ from schemas.config import CorpusConfig
 from transforms.corpus_readers import create_reader, detect_reader
 from transforms.corpus_readers.base import CorpusError, CorpusIndex, UnlistedImage, part_of
 from transforms.corpus_readers.mimic_cxr import METADATA_FILE, SPLIT_FILE, image_path, report_path
-from transforms.structuring import ReportText
+from transforms.records import ReportText
 
 __all__ = ["CorpusIndex", "UnlistedImage", "corpus_reports", "index_corpus", "part_of", "METADATA_FILE", "SPLIT_FILE",
            "image_path", "report_path"]

@@ -21,9 +21,8 @@ from transforms.grounding import empty_locations, ground_findings
 from transforms.image_results import ImageResult, encode_groundings
 from transforms.images import MAX_IMAGE_PIXELS, decode_for_models
 from transforms.pairs import build_study_outputs
-from transforms.records import ErrorRecord, Finding, ImageRef, Study
+from transforms.records import ErrorRecord, Finding, ImageRef, ReportText, Study
 from transforms.llm_structurer import build_structurer
-from transforms.structuring import ReportText
 from pipeline.corpus import CorpusIndex, report_path
 from pipeline.writers import shard_of, write_shard
 

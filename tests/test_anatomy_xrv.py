@@ -8,13 +8,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from torchxrayvision.baseline_models import chestx_anatomy
-from torchxrayvision.baseline_models.chestx_det.ptsemseg.pspnet import pspnet
 
 from anatomy_models.cxas import CxasAnatomy
 from anatomy_models.pspnet import PspnetAnatomy
-from anatomy_models.weights import CXAS_WEIGHTS, PSPNET_WEIGHTS, MissingWeightsError, resolve_weights
-from anatomy_models.xrv_segmenter import pick_precision
+from anatomy_models.random_weights import save_random_cxas, save_random_pspnet
+from anatomy_models.weights import CXAS_WEIGHTS, PSPNET_WEIGHTS, MissingWeightsError, pick_precision, resolve_weights
 from schemas.vocab import Location
 
 EXPECTED_LOCATIONS = {location.value for location in Location}
@@ -41,21 +39,16 @@ def _check_results(results, images, backend: str, extras: set[str]) -> None:
 
 @pytest.fixture(scope="module")
 def cxas_cache(tmp_path_factory):
-    torch.manual_seed(0)
     directory = tmp_path_factory.mktemp("cxas")
-    model = chestx_anatomy.UNetResNet50(weights=False)
-    torch.save(model.state_dict(), directory / CXAS_WEIGHTS.filename)
-    return directory, model
+    return directory, torch.load(save_random_cxas(directory))
 
 
 @pytest.fixture(scope="module")
 def pspnet_cache(tmp_path_factory):
-    torch.manual_seed(0)
     directory = tmp_path_factory.mktemp("pspnet")
-    model = pspnet(14)
     # The published file is a DataParallel state dict; torchxrayvision's loader strips 'module.'.
-    torch.save({f"module.{key}": value for key, value in model.state_dict().items()}, directory / PSPNET_WEIGHTS.filename)
-    return directory, model
+    saved = torch.load(save_random_pspnet(directory))
+    return directory, {key.removeprefix("module."): value for key, value in saved.items()}
 
 
 def test_cxas_loads_saved_weights_and_segments_images_of_any_size(cxas_cache):
@@ -63,7 +56,7 @@ def test_cxas_loads_saved_weights_and_segments_images_of_any_size(cxas_cache):
     backend = CxasAnatomy(weights_dir=str(directory), device="cpu", batch_size=2)
     backend.load()
     key = "head.out.conv.weight"
-    assert torch.equal(backend.model.state_dict()[key], reference.state_dict()[key])
+    assert torch.equal(backend.model.state_dict()[key], reference[key])
     assert not backend.model.training
     images = _images()
     _check_results(backend.segment(images), images, "cxas", {"mediastinum", "diaphragm"})
@@ -74,7 +67,7 @@ def test_pspnet_loads_saved_weights_and_derives_zones(pspnet_cache):
     backend = PspnetAnatomy(weights_dir=str(directory), device="cpu")
     backend.load()
     key = "classification.weight"
-    assert torch.equal(backend.model.model.state_dict()[key], reference.state_dict()[key])
+    assert torch.equal(backend.model.model.state_dict()[key], reference[key])
     images = _images()[1:]  # one non-square float image: a PSPNet forward takes ~25 s on 2 CPU cores
     results = backend.segment(images)
     _check_results(results, images, "pspnet", {"mediastinum", "diaphragm"})

@@ -99,6 +99,14 @@ def _tiny_sam(checkpoint=None):
                       checkpoint=checkpoint)
 
 
+@pytest.fixture
+def tiny_sam_checkpoint(tmp_path, monkeypatch):
+    from segment_anything import sam_model_registry
+
+    monkeypatch.setitem(sam_model_registry, "vit_test", _tiny_sam)
+    return str(save_random_sam(tmp_path, "vit_test", _tiny_sam))
+
+
 def _refine_two_boxes(refiner):
     shape = (180, 150)
     first, second = ellipse(shape, 60, 50, 18, 20), ellipse(shape, 130, 100, 22, 18)
@@ -113,20 +121,58 @@ def _refine_two_boxes(refiner):
     return refined
 
 
-def test_sam_refiner_loads_a_saved_checkpoint_and_prompts_every_box(tmp_path, monkeypatch):
-    from segment_anything import SamPredictor, sam_model_registry
+def test_sam_refiner_loads_a_saved_checkpoint_and_prompts_every_box(tiny_sam_checkpoint, monkeypatch):
+    from segment_anything import SamPredictor
 
     from anatomy_models.sam_refiner import SamRefiner
 
-    monkeypatch.setitem(sam_model_registry, "vit_test", _tiny_sam)
-    checkpoint = save_random_sam(tmp_path, "vit_test", _tiny_sam)
     encodings = []
-    original = SamPredictor.set_image
-    monkeypatch.setattr(SamPredictor, "set_image", lambda self, *a, **k: (encodings.append(1), original(self, *a, **k))[1])
-    refiner = SamRefiner(checkpoint=str(checkpoint), model_type="vit_test", device="cpu")
+    original = SamPredictor.set_torch_image
+    monkeypatch.setattr(SamPredictor, "set_torch_image",
+                        lambda self, *a, **k: (encodings.append(1), original(self, *a, **k))[1])
+    refiner = SamRefiner(checkpoint=tiny_sam_checkpoint, model_type="vit_test", device="cpu")
     _refine_two_boxes(refiner)
     assert len(encodings) == 1  # one embedding for both prompts
     assert refiner.refine(np.zeros((64, 64), np.uint8), [], []) == []
+
+
+@pytest.mark.parametrize("shape", [(180, 150), (150, 333), (512, 512)])
+def test_sam_encoder_input_matches_sams_own_transform(tiny_sam_checkpoint, shape):
+    import torch
+
+    from anatomy_models.sam_refiner import SamRefiner
+
+    refiner = SamRefiner(checkpoint=tiny_sam_checkpoint, model_type="vit_test", device="cpu")
+    refiner.load()
+    gray = draw(lung_scene(shape), ellipse(shape, shape[0] // 2, shape[1] // 2, 30, 30), density=0.3)
+    ours = refiner.encoder_input(gray, torch.device("cpu"))
+    theirs = refiner._predictor.transform.apply_image(cv2.cvtColor(gray, cv2.COLOR_GRAY2RGB))
+    assert ours.shape == (1, 3, *theirs.shape[:2]) and max(theirs.shape) == 1024
+    difference = np.abs(ours[0].permute(1, 2, 0).numpy() - theirs)
+    assert difference.max() <= 2 and difference.mean() < 0.5
+
+
+def test_sam_encoder_under_bf16_autocast_gives_fp32_decoding(tiny_sam_checkpoint):
+    import torch
+
+    from anatomy_models.sam_refiner import SamRefiner
+
+    fp32 = SamRefiner(checkpoint=tiny_sam_checkpoint, model_type="vit_test", device="cpu")
+    bf16 = SamRefiner(checkpoint=tiny_sam_checkpoint, model_type="vit_test", device="cpu", precision="bf16")
+    assert fp32.precision is None and bf16.precision == torch.bfloat16
+    reference, reduced = _refine_two_boxes(fp32), _refine_two_boxes(bf16)
+    assert bf16._predictor.features.dtype == torch.float32
+    for a, b in zip(reference, reduced):
+        assert iou(a.mask, b.mask) > 0.9 and abs(a.score - b.score) < 0.05
+
+
+def test_sam_precision_is_checked_at_construction(tiny_sam_checkpoint):
+    from anatomy_models.sam_refiner import SamRefiner
+
+    with pytest.raises(ValueError, match="refiner 'sam'.*'fp16' needs a CUDA"):
+        SamRefiner(checkpoint=tiny_sam_checkpoint, model_type="vit_test", device="cpu", precision="fp16")
+    with pytest.raises(ValueError, match="unknown precision 'fp8'"):
+        SamRefiner(checkpoint=tiny_sam_checkpoint, model_type="vit_test", device="cpu", precision="fp8")
 
 
 @pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="full-size vit_b takes about a minute on a CPU")

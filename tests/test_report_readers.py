@@ -13,7 +13,7 @@ from transforms.report_readers import (
 )
 from transforms.sections import parse_sections
 from transforms.sentences import split_sentences
-from transforms.structuring import ReportText
+from transforms.records import ReportText
 
 OPENI_XML = b"""<?xml version="1.0" encoding="utf-8"?>
 <eCitation>

@@ -7,6 +7,15 @@ import numpy as np
 
 
 @dataclass(frozen=True)
+class ReportText:
+    """One report's raw text, as a corpus reader yields it."""
+
+    report_id: str  # the corpus's own id ('s50414267' for MIMIC-CXR, 'CXR1000' for OpenI)
+    study_id: str
+    text: str
+
+
+@dataclass(frozen=True)
 class ImageRef:
     dicom_id: str
     path: str  # relative to the corpus root

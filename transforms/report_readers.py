@@ -10,7 +10,7 @@ import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from pathlib import Path
 
-from transforms.structuring import ReportText
+from transforms.records import ReportText
 
 _MIMIC_REPORT = re.compile(r"s(\d+)\.txt")
 _MIMIC_SUBJECT_DIR = re.compile(r"p\d+")

@@ -35,7 +35,7 @@ from spacy.matcher import PhraseMatcher
 
 from configs import VOCABULARY_DIR
 from schemas.vocab import LUNG_BY_SIDE, ZONES_BY_SIDE, Certainty, LesionType, Location, Presence
-from transforms.records import Finding, Sentence
+from transforms.records import Finding, ReportText, Sentence
 from transforms.sections import Section, parse_sections, sentence_sections
 from transforms.sentences import sentence_spans, split_sentences
 
@@ -48,13 +48,6 @@ SIDES = ("right", "left")
 SIDE_SETS = {"right": ("right",), "left": ("left",), "both": SIDES}
 # How far (tokens) an alternative ("or", "versus") reaches for the mention on each side.
 ALTERNATIVE_REACH = 6
-
-
-@dataclass(frozen=True)
-class ReportText:
-    report_id: str  # the corpus's own id ('s50414267' for MIMIC-CXR, 'CXR1000' for OpenI)
-    study_id: str
-    text: str
 
 
 @dataclass(frozen=True)

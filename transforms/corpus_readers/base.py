@@ -13,8 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from schemas.vocab import Stage
-from transforms.records import ErrorRecord, Study
-from transforms.structuring import ReportText
+from transforms.records import ErrorRecord, ReportText, Study
 
 
 class CorpusError(ValueError):

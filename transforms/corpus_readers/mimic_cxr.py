@@ -11,9 +11,8 @@ from pathlib import Path
 import pandas as pd
 
 from transforms.corpus_readers.base import CorpusError, CorpusIndex, CorpusReader, UnlistedImage, register
-from transforms.records import ImageRef, Study
+from transforms.records import ImageRef, ReportText, Study
 from transforms.report_readers import iter_mimic_reports
-from transforms.structuring import ReportText
 
 METADATA_FILE = "mimic-cxr-2.0.0-metadata.csv.gz"
 SPLIT_FILE = "mimic-cxr-2.0.0-split.csv.gz"

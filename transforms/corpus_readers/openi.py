@@ -7,9 +7,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from transforms.corpus_readers.base import CorpusError, CorpusIndex, CorpusReader, register
-from transforms.records import Study
+from transforms.records import ReportText, Study
 from transforms.report_readers import iter_openi_xml, openi_report_from_xml
-from transforms.structuring import ReportText
 
 ARCHIVE_SUFFIXES = (".tgz", ".tar.gz", ".tar")
 
