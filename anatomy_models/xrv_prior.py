@@ -12,7 +12,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from anatomy_models.base import LesionPriorBackend, register
@@ -110,8 +109,9 @@ class XrvLesionPrior(LesionPriorBackend):
                 results.append(self._to_prior(image, anatomies[start + offset], cams[offset], probabilities[offset]))
         return results
 
-    def _activation_maps(self, images: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-        """Per image: (class-activation logits C×7×7 with the bias, padded side), and op-normalised probabilities."""
+    def _activation_maps(self, images: Sequence[np.ndarray]):
+        """Class-activation logits B×C×7×7 with the bias (a tensor on the model's device), and op-normalised
+        probabilities B×C (numpy)."""
         import torch
         import torch.nn.functional as F
         import torchxrayvision as xrv
@@ -128,24 +128,33 @@ class XrvLesionPrior(LesionPriorBackend):
             logits = cams.mean(dim=(2, 3))
             thresholds = model.op_threshs[indices].to(logits.device)
             probabilities = xrv.models.op_norm(torch.sigmoid(logits), thresholds)
-        return cams.float().cpu().numpy(), probabilities.float().cpu().numpy()
+        return cams.float(), probabilities.float().cpu().numpy()
 
-    def _to_prior(self, image: np.ndarray, anatomy: AnatomyResult, cams: np.ndarray, probabilities: np.ndarray) -> LesionPrior:
+    def _calibrated_maps(self, cams, shape: tuple[int, int]) -> np.ndarray:
+        """C×H×W in [0, 1]: the activation logits (not probabilities, so outlines are smooth) upsampled bilinearly
+        over the padded square and cropped to the image, then the image-level output's own calibration (sigmoid,
+        operating points). On the model's device: on a GPU worker these full-size maps were the prior's largest CPU
+        cost (op_norm alone 8 of 26 ms per image)."""
         import torch
+        import torch.nn.functional as F
         import torchxrayvision as xrv
 
-        height, width = image.shape[:2]
+        height, width = shape
         side = max(height, width)
-        thresholds = self._model.op_threshs[self._indices].cpu()
-        # Upsample logits (not probabilities) so outlines are smooth, then the image-level output's own calibration.
-        upsampled = np.stack([cv2.resize(cam, (side, side), interpolation=cv2.INTER_LINEAR)[:height, :width] for cam in cams])
-        flat = torch.from_numpy(upsampled.reshape(len(self._indices), -1).T.copy())
-        calibrated = xrv.models.op_norm(torch.sigmoid(flat), thresholds).T.reshape(upsampled.shape).numpy()
+        upsampled = F.interpolate(cams[None], size=(side, side), mode="bilinear", align_corners=False)[0, :, :height, :width]
+        thresholds = self._model.op_threshs[self._indices].to(upsampled.device)
+        flat = torch.sigmoid(upsampled.reshape(len(self._indices), -1).T)
+        calibrated = xrv.models.op_norm(flat, thresholds).T.reshape(upsampled.shape)
+        return calibrated.clamp(0, 1).cpu().numpy()
+
+    def _to_prior(self, image: np.ndarray, anatomy: AnatomyResult, cams, probabilities: np.ndarray) -> LesionPrior:
+        height, width = image.shape[:2]
+        calibrated = self._calibrated_maps(cams, (height, width))
         regions = self._regions(anatomy, (height, width))
         maps = {lesion.value: np.zeros((height, width), np.float32) for lesion in LesionType}
         image_probabilities = {lesion.value: 0.0 for lesion in LesionType}
         for channel, lesion in enumerate(self._lesions):
-            lesion_map = np.clip(calibrated[channel], 0, 1).astype(np.float32)
+            lesion_map = calibrated[channel]
             region = regions[lesion is LesionType.CARDIOMEGALY]
             if region is not None:
                 lesion_map = lesion_map * region
