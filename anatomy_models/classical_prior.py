@@ -373,7 +373,11 @@ class ClassicalLesionPrior(LesionPriorBackend):
             below_is_fluid_or_outside &= ~soft_tissue[y]
         effusion = evidence * filled
         kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * margin + 1, 2 * margin + 1))
+        # The rim the map spills into lies below the lung outline: beside it is chest wall, which the fluid
+        # does not cross (where a segmenter cut the lung at the fluid, the cut is its lower border).
         rim = cv2.dilate(frame.lungs.astype(np.uint8), kernel).astype(bool) & ~frame.lungs & ~soft_tissue
+        lungs_lowest = lowest_rows(frame.lungs)
+        rim &= (np.arange(rim.shape[0])[:, None] > lungs_lowest[None, :]) & (lungs_lowest[None, :] >= 0)
         spill = cv2.dilate(effusion, kernel)
         effusion = np.where(rim, spill, effusion)
         # fluid under the lung lies beside the heart and mediastinum, never over them

@@ -58,6 +58,9 @@ class FusionRule(_Section):
     # 'lung_base' only: how far below the lung field the region reaches, as a fraction of the lung's height
     # (fluid fills the costophrenic recess, which the aerated lung field leaves out)
     below_depth: float = Field(0.0, ge=0, le=1)
+    # 'lung_base' only: how many zones of each reported side, counted up from the lower zone, the base is
+    # (a large effusion climbs into the middle zone, highest against the chest wall)
+    base_zones: int = Field(1, ge=1, le=3)
     # False: the mask is the prior's own component, not the refiner's (fluid has no lower edge to refine on)
     refine: bool = True
     # a refined mask that agrees less than this with its candidate (the refiner's score) is replaced by the

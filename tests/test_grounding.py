@@ -197,6 +197,21 @@ def test_effusion_below_the_aerated_base_is_grounded_on_its_side(toy_anatomy, gr
     assert g.mask[182, 150] and not g.mask[:, :100].any() and not g.mask[:120].any()
 
 
+@pytest.mark.parametrize("base_zones", [1, 2])
+def test_a_large_effusion_reaches_into_the_middle_zone_as_far_as_base_zones_allow(toy_anatomy, base_zones):
+    # the toy lungs' zones: apical 30-65, upper 65-100, mid 100-135, base 135-170; the fluid climbs to row 108
+    fluid = np.zeros((200, 200), np.float32)
+    fluid[108:170, 112:168] = 0.9
+    config = load_config("classical", [f"grounding.fusion.effusion.base_zones={base_zones}"]).config.grounding
+    (g,) = ground_findings([make_finding("effusion", ["left lung base"])], toy_anatomy, toy_prior({"effusion": fluid}),
+                           np.zeros((200, 200), np.uint8), EchoRefiner(), config)
+    assert g.discard is None and g.grounded_locations == ("left lung base",)
+    rows = np.flatnonzero(g.mask.any(axis=1))
+    # one zone: the base dilated by 0.06 of the long side (12 px); two: the whole fluid
+    assert rows[0] == (108 if base_zones == 2 else 135 - 12)
+    assert not g.mask[:, :100].any()
+
+
 def test_repeated_mentions_are_grounded_once_and_keep_their_own_finding(toy_anatomy, grounding_config):
     prior = toy_prior({"consolidation": blob(150, 60, 12)})
     in_findings = make_finding("consolidation", ["right lung base"], sent_idx=1)

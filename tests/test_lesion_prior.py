@@ -140,6 +140,12 @@ def test_effusion_concentrates_at_the_base(prior):
     assert effusion[fluid].mean() > 0.4
     assert effusion[:, image.shape[1] // 2:].sum() < 0.02 * effusion.sum()
     assert result.probabilities["effusion"] > 0.5
+    # the map spills past the lung outline below it (the costophrenic recess), never beside it (the chest wall)
+    lungs = anatomy.masks["lung"]
+    ring = cv2.dilate(lungs.astype(np.uint8), np.ones((31, 31), np.uint8)).astype(bool) & ~lungs
+    lowest = lowest_rows(lungs)[None, :]
+    below = (yy > lowest) & (lowest >= 0)
+    assert effusion[ring & ~below].max() == 0
 
 
 def test_fluid_above_an_undense_lung_rim_is_effusion_and_hides_the_lung_behind_it_once_reported(prior):

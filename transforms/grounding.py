@@ -93,7 +93,7 @@ def _with_space_below(region: np.ndarray, anatomy: AnatomyResult, depth: float) 
 
 
 def _base_region(finding: Finding, anatomy: AnatomyResult, shape: tuple[int, int], rule: FusionRule) -> np.ndarray | None:
-    names = [ZONES_BY_SIDE[side][-1].value for side in _sides_of(finding.reported_locations)]
+    names = [zone.value for side in _sides_of(finding.reported_locations) for zone in ZONES_BY_SIDE[side][-rule.base_zones:]]
     region = _union(anatomy, names, shape)
     if region is None:
         return None
@@ -107,7 +107,7 @@ def reported_region(finding: Finding, anatomy: AnatomyResult, shape: tuple[int, 
     names = list(finding.reported_locations)
     if not names:
         if rule.region == "lung_base":
-            names = [ZONES_BY_SIDE[side][-1].value for side in ("right", "left")]
+            names = [zone.value for side in ("right", "left") for zone in ZONES_BY_SIDE[side][-rule.base_zones:]]
         elif rule.region == "heart":
             names = [Location.HEART.value]
         else:
