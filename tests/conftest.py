@@ -75,3 +75,11 @@ def make_finding(entity: str, locations=(), presence="present", certainty="defin
                    study_id="50000001", section="FINDINGS", sent_idx=sent_idx, sentence="...", entity=entity,
                    presence=presence, certainty=certainty, reported_locations=tuple(locations), mention=entity,
                    char_start=0, char_end=len(entity), structurer="test")
+
+
+def tiny_sam(checkpoint=None):
+    """A SAM with a two-block, 64-wide image encoder: the real architecture and code path, test-sized."""
+    from segment_anything.build_sam import _build_sam
+
+    return _build_sam(encoder_embed_dim=64, encoder_depth=2, encoder_num_heads=2, encoder_global_attn_indexes=[1],
+                      checkpoint=checkpoint)

@@ -10,6 +10,8 @@ from anatomy_models.classical_refiner import GrabCutRefiner, iou
 from anatomy_models.random_weights import save_random_sam
 from transforms.records import Box
 
+from conftest import tiny_sam
+
 
 def ellipse(shape, cy, cx, ry, rx, angle=0.0) -> np.ndarray:
     yy, xx = np.mgrid[: shape[0], : shape[1]].astype(np.float32)
@@ -91,20 +93,12 @@ def test_grabcut_with_empty_seed_returns_empty_mask():
     assert not refined.mask.any() and refined.score == 0.0
 
 
-def _tiny_sam(checkpoint=None):
-    """A SAM with a two-block, 64-wide image encoder: the real architecture and code path, test-sized."""
-    from segment_anything.build_sam import _build_sam
-
-    return _build_sam(encoder_embed_dim=64, encoder_depth=2, encoder_num_heads=2, encoder_global_attn_indexes=[1],
-                      checkpoint=checkpoint)
-
-
 @pytest.fixture
 def tiny_sam_checkpoint(tmp_path, monkeypatch):
     from segment_anything import sam_model_registry
 
-    monkeypatch.setitem(sam_model_registry, "vit_test", _tiny_sam)
-    return str(save_random_sam(tmp_path, "vit_test", _tiny_sam))
+    monkeypatch.setitem(sam_model_registry, "vit_test", tiny_sam)
+    return str(save_random_sam(tmp_path, "vit_test", tiny_sam))
 
 
 def _refine_two_boxes(refiner):
