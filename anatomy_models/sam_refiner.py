@@ -134,7 +134,6 @@ class SamRefiner(MaskRefiner):
         scores = predicted_iou[rows, best].clamp(0, 1).cpu().numpy()
         return [RefinedMask(mask=mask, score=float(score)) for mask, score in zip(chosen, scores)]
 
-
     def encoder_input(self, gray: np.ndarray, device: torch.device) -> torch.Tensor:
         """[1, 3, h, w] float on `device`: `gray` resized so its long side is the encoder's input size, as SAM's
         own transform does (bilinear), on the one channel that the three RGB channels would repeat."""
