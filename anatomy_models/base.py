@@ -66,6 +66,12 @@ class MaskRefiner(ABC):
         `seeds[i]` is the candidate's prior component (bool, image size), a hint for refiners that use one.
         """
 
+    def refine_images(self, requests: Sequence[tuple[np.ndarray, Sequence[Box], Sequence[np.ndarray]]]
+                      ) -> list[list[RefinedMask]]:
+        """`refine` for several images: one list of masks per (image, boxes, seeds). Refiners that share work
+        across images (SAM encodes them in batches) override it."""
+        return [self.refine(image, boxes, seeds) for image, boxes, seeds in requests]
+
 
 def validated_options(model: type[BaseModel], backend: str, options: dict[str, Any]) -> BaseModel:
     """A backend's options checked by its pydantic model; a ValueError naming every bad option otherwise."""

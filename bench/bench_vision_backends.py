@@ -68,10 +68,11 @@ def _time_per_image(run, cases, after_warmup=lambda: None) -> list[float]:
     return seconds
 
 
-def _time_per_batch(run, cases, batch_size: int) -> list[float]:
+def _time_per_batch(run, cases, batch_size: int, after_warmup=lambda: None) -> list[float]:
     """Seconds per image of each batch (a batch's time over its size), after one warm-up batch."""
     batches = [cases[i:i + batch_size] for i in range(0, len(cases), batch_size)]
     run(batches[0])
+    after_warmup()
     seconds = []
     for batch in batches:
         started = time.perf_counter()
@@ -146,20 +147,19 @@ def measure(root: Path, n_images: int, n_sam_images: int, sam_types: list[str], 
         sam = create("refiner", "sam", checkpoint=str(save_random_sam(weights_dir, model_type)),
                      model_type=model_type, device=device, precision=precision)
         sam.load()
-        encoder_passes = []
-        original = sam._predictor.set_torch_image
-
-        def counted(*args, **kwargs):
-            encoder_passes.append(1)
-            return original(*args, **kwargs)
-
-        sam._predictor.set_torch_image = counted
-        seconds = _time_per_image(lambda c: sam.refine(c[0], c[2], c[3]), sam_cases,
-                                  after_warmup=encoder_passes.clear)
-        rows.append(_row("refine", f"sam {model_type}", _device(device), seconds,
-                         precision=_dtype_name(sam.precision),
-                         boxes_per_image=round(statistics.mean(len(c[2]) for c in sam_cases), 1),
-                         encoder_passes_per_image=round(len(encoder_passes) / len(sam_cases), 2)))
+        encoded = []  # images through the image encoder
+        sam._predictor.model.image_encoder.register_forward_hook(lambda module, args, out: encoded.append(out.shape[0]))
+        boxes_per_image = round(statistics.mean(len(c[2]) for c in sam_cases), 1)
+        seconds = _time_per_image(lambda c: sam.refine(c[0], c[2], c[3]), sam_cases, after_warmup=encoded.clear)
+        rows.append(_row("refine", f"sam {model_type}", _device(device), seconds, precision=_dtype_name(sam.precision),
+                         boxes_per_image=boxes_per_image, encoder_passes_per_image=round(sum(encoded) / len(sam_cases), 2)))
+        if sam.encode_batch > 1:  # as the DAG gives them: a batch of images, encoded `encode_batch` at a time
+            seconds = _time_per_batch(lambda b: sam.refine_images([(c[0], c[2], c[3]) for c in b]), sam_cases,
+                                      sam.encode_batch, after_warmup=encoded.clear)
+            rows.append(_row("refine", f"sam {model_type}", _device(device), seconds,
+                             precision=_dtype_name(sam.precision), batch=sam.encode_batch,
+                             boxes_per_image=boxes_per_image,
+                             encoder_passes_per_image=round(sum(encoded) / len(sam_cases), 2)))
     return rows
 
 

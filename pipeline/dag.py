@@ -17,7 +17,7 @@ from apache_beam.utils import shared
 from anatomy_models.base import create as create_backend
 from schemas.config import PipelineConfig, StructuringConfig
 from schemas.vocab import Stage
-from transforms.grounding import empty_locations, ground_findings
+from transforms.grounding import ImageToGround, empty_locations, ground_images
 from transforms.image_results import ImageResult, encode_groundings
 from transforms.images import MAX_IMAGE_PIXELS, decode_for_models
 from transforms.pairs import build_study_outputs
@@ -220,11 +220,12 @@ class PredictLesionPrior(_BackendStage):
         except Exception as exc:
             for task in todo:
                 self._fail(task, exc)
-        yield from batch
+        yield batch
 
 
 class GroundAndVerify(_BackendStage):
-    """Candidates, c1–c4, refinement (one embedding per image), fusion, verification, source-size encoding."""
+    """Candidates, c1–c4, refinement (a batch of images at once: SAM encodes them together, each once), fusion,
+    verification, source-size encoding. Yields (study_id, result) per image."""
 
     kind, stage = "refiner", Stage.REFINE
 
@@ -233,23 +234,41 @@ class GroundAndVerify(_BackendStage):
         self._config = config
         self._images = Metrics.counter(NAMESPACE, "images_grounded")
 
-    def process(self, task: ImageTask):
-        if task.result is None:
-            try:
-                with timed(Stage.REFINE.value):  # candidates, c1-c4, refinement, verification
-                    groundings = ground_findings(task.findings, task.anatomy, task.prior, task.pixels, self._model,
-                                                 self._config.grounding, task.image.view_position)
-                    empty = empty_locations(task.prior, task.anatomy, self._config.grounding)
-                height, width = task.source_size
-                unions = [[loc.value for loc in u] for u in self._config.pairs.location_unions]
-                with timed("encode"):  # masks back to source resolution, as RLE
-                    encoded = encode_groundings(groundings, task.anatomy, height, width, unions)
-                task.result = ImageResult(task.study_id, task.image.dicom_id, task.image.path, height, width,
-                                          findings=encoded, empty_locations=empty)
-                self._images.inc()
-            except Exception as exc:
-                self._fail(task, exc)
-        yield task.study_id, task.result
+    def _ground(self, tasks: list[ImageTask]) -> list[list]:
+        items = [ImageToGround(t.findings, t.anatomy, t.prior, t.pixels, t.image.view_position) for t in tasks]
+        with timed(Stage.REFINE.value, len(tasks)):  # candidates, c1-c4, refinement, verification
+            return ground_images(items, self._model, self._config.grounding)
+
+    def process(self, batch: list[ImageTask]):
+        todo = _pending(batch)
+        try:
+            grounded = self._ground(todo) if todo else []
+        except Exception:  # one bad image must not sink the batch: ground one by one, each failure its own error
+            grounded = []
+            for task in todo:
+                try:
+                    grounded += self._ground([task])
+                except Exception as exc:
+                    self._fail(task, exc)
+                    grounded.append(None)
+        for task, groundings in zip(todo, grounded):
+            if groundings is not None:
+                self._finish(task, groundings)
+        for task in batch:
+            yield task.study_id, task.result
+
+    def _finish(self, task: ImageTask, groundings: list) -> None:
+        try:
+            empty = empty_locations(task.prior, task.anatomy, self._config.grounding)
+            height, width = task.source_size
+            unions = [[loc.value for loc in u] for u in self._config.pairs.location_unions]
+            with timed("encode"):  # masks back to source resolution, as RLE
+                encoded = encode_groundings(groundings, task.anatomy, height, width, unions)
+            task.result = ImageResult(task.study_id, task.image.dicom_id, task.image.path, height, width,
+                                      findings=encoded, empty_locations=empty)
+            self._images.inc()
+        except Exception as exc:
+            self._fail(task, exc)
 
 
 class _Progress:

@@ -1,13 +1,16 @@
 import numpy as np
 import pytest
 
+from anatomy_models.base import MaskRefiner
 from pipeline.config import load_config
 from schemas.vocab import DiscardReason, LesionType, Stage
 from transforms.grounding import (
     cardiothoracic_ratio,
     empty_locations,
     fuse_and_verify,
+    ImageToGround,
     ground_findings,
+    ground_images,
     select_candidates,
 )
 from transforms.records import RefinedMask
@@ -20,7 +23,7 @@ def grounding_config():
     return load_config("classical").config.grounding
 
 
-class EchoRefiner:
+class EchoRefiner(MaskRefiner):
     """Returns each candidate's own component: isolates grounding logic from any refiner."""
 
     name = "echo"
@@ -81,7 +84,7 @@ def test_types_that_do_not_refine_never_reach_the_refiner(toy_anatomy, grounding
     assert all(g.mask is not None and g.source == prior.backend for g in out)
 
 
-class DriftingRefiner:
+class DriftingRefiner(MaskRefiner):
     """Returns a sliver far from each candidate with a low agreement score, as a refiner that lost the lesion."""
 
     name = "drifting"
@@ -177,7 +180,7 @@ def test_a_type_whose_prior_is_not_trusted_is_discarded_with_its_reason_and_veri
     assert trusted.discard is None
 
 
-class WholeImageRefiner:
+class WholeImageRefiner(MaskRefiner):
     """A refiner that leaks into everything (GrabCut on fluid, which has no lower edge, can do that)."""
 
     name = "leaky"
@@ -210,6 +213,27 @@ def test_a_large_effusion_reaches_into_the_middle_zone_as_far_as_base_zones_allo
     # one zone: the base dilated by 0.06 of the long side (12 px); two: the whole fluid
     assert rows[0] == (108 if base_zones == 2 else 135 - 12)
     assert not g.mask[:, :100].any()
+
+
+def test_images_grounded_together_send_all_their_boxes_to_the_refiner_at_once(toy_anatomy, grounding_config):
+    class BatchCountingRefiner(EchoRefiner):
+        def refine_images(self, requests):
+            self.batches = getattr(self, "batches", []) + [[len(boxes) for _, boxes, _ in requests]]
+            return super().refine_images(requests)
+
+    blank = np.zeros((200, 200), np.uint8)
+    items = [ImageToGround([make_finding("consolidation", ["right lung base"])], toy_anatomy,
+                           toy_prior({"consolidation": blob(150, 60, 12)}), blank),
+             ImageToGround([make_finding("effusion", ["left lung"])], toy_anatomy, toy_prior({"effusion": blob(182, 150, 9)}),
+                           blank),
+             ImageToGround([make_finding("opacity", ["left upper zone lung"])], toy_anatomy,
+                           toy_prior({"opacity": blob(80, 140, 10)}), blank)]
+    refiner = BatchCountingRefiner()
+    together = ground_images(items, refiner, grounding_config)
+    assert refiner.batches == [[1, 0, 1]]  # one call; effusion is not refined, so its image sends no box
+    for item, grounded in zip(items, together):
+        (alone,) = ground_findings(item.findings, item.anatomy, item.prior, item.image, EchoRefiner(), grounding_config)
+        assert grounded[0].discard is None and np.array_equal(grounded[0].mask, alone.mask)
 
 
 def test_repeated_mentions_are_grounded_once_and_keep_their_own_finding(toy_anatomy, grounding_config):

@@ -32,19 +32,19 @@ def small_corpus(tmp_path_factory):
 
 @pytest.fixture
 def sam_builds(tmp_path, monkeypatch):
-    """The test-sized SAM registered as model type 'vit_test'; every model it builds is counted."""
-    from segment_anything import SamPredictor, sam_model_registry
+    """The test-sized SAM registered as model type 'vit_test'; every model it builds is counted, and the batch size
+    of every pass through its image encoder."""
+    from segment_anything import sam_model_registry
 
     builds, encodings = [], []
 
     def counted_build(checkpoint=None):
         builds.append(1)
-        return tiny_sam(checkpoint)
+        model = tiny_sam(checkpoint)
+        model.image_encoder.register_forward_hook(lambda module, args, out: encodings.append(out.shape[0]))
+        return model
 
-    original = SamPredictor.set_torch_image
     monkeypatch.setitem(sam_model_registry, "vit_test", counted_build)
-    monkeypatch.setattr(SamPredictor, "set_torch_image",
-                        lambda self, *a, **k: (encodings.append(1), original(self, *a, **k))[1])
     checkpoint = save_random_sam(tmp_path, "vit_test", tiny_sam)
     return checkpoint, builds, encodings
 
@@ -85,17 +85,18 @@ def test_default_config_runs_every_learned_backend_loaded_once(small_corpus, sam
     assert manifest["config_name"] == "default"
 
 
-def test_sam_refines_classical_candidates_inside_the_pipeline_with_one_encoding_per_image(small_corpus, sam_builds,
-                                                                                          tmp_path):
+def test_sam_refines_classical_candidates_inside_the_pipeline_encoding_each_image_once(small_corpus, sam_builds,
+                                                                                       tmp_path):
     checkpoint, sam_models, encodings = sam_builds
     config = load_config("default", ["anatomy.backend=classical", "anatomy.options={}",
                                      "lesion_prior.backend=classical", "lesion_prior.options={}",
                                      f"refiner.options.checkpoint={checkpoint}", "refiner.options.model_type=vit_test",
-                                     NO_GATE])
+                                     "refiner.options.encode_batch=4", NO_GATE])
     out = tmp_path / "run"
     run_pipeline(small_corpus, out, config, overwrite=True)
     assert check_run(out) == []
     sources = {mask["source"] for mask in read_table(str(out), "masks").to_pylist()}
     assert "classical+sam" in sources
     assert len(sam_models) == 1
-    assert 1 <= len(encodings) <= _counters(out)["images_grounded"]
+    # images of one DAG batch with kept candidates are encoded together (at most encode_batch a pass), each once
+    assert 1 <= sum(encodings) <= _counters(out)["images_grounded"] and max(encodings) <= 4

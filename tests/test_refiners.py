@@ -115,19 +115,49 @@ def _refine_two_boxes(refiner):
     return refined
 
 
-def test_sam_refiner_loads_a_saved_checkpoint_and_prompts_every_box(tiny_sam_checkpoint, monkeypatch):
-    from segment_anything import SamPredictor
+def _encoded_images(refiner) -> list[int]:
+    """The batch size of every pass through the refiner's image encoder, from now on."""
+    refiner.load()
+    passes = []
+    refiner._predictor.model.image_encoder.register_forward_hook(lambda module, args, out: passes.append(out.shape[0]))
+    return passes
 
+
+def test_sam_refiner_loads_a_saved_checkpoint_and_prompts_every_box(tiny_sam_checkpoint):
     from anatomy_models.sam_refiner import SamRefiner
 
-    encodings = []
-    original = SamPredictor.set_torch_image
-    monkeypatch.setattr(SamPredictor, "set_torch_image",
-                        lambda self, *a, **k: (encodings.append(1), original(self, *a, **k))[1])
     refiner = SamRefiner(checkpoint=tiny_sam_checkpoint, model_type="vit_test", device="cpu")
+    passes = _encoded_images(refiner)
     _refine_two_boxes(refiner)
-    assert len(encodings) == 1  # one embedding for both prompts
+    assert passes == [1]  # one embedding for both prompts
     assert refiner.refine(np.zeros((64, 64), np.uint8), [], []) == []
+    assert passes == [1]
+
+
+def test_sam_encodes_several_images_in_one_pass_and_decodes_each_against_its_own(tiny_sam_checkpoint):
+    from anatomy_models.sam_refiner import SamRefiner
+
+    shapes = [(180, 150), (150, 200), (160, 160)]
+    requests = []
+    for index, shape in enumerate(shapes):
+        lesion = ellipse(shape, shape[0] // 2, shape[1] // 2, 20, 18)
+        image = draw(lung_scene(shape, seed=index), lesion, density=0.3)
+        seed = prior_component(lesion)
+        boxes, seeds = ([loose_box(seed, 0.2, shape)], [seed]) if index != 1 else ([], [])
+        requests.append((image, boxes, seeds))
+    one_by_one = SamRefiner(checkpoint=tiny_sam_checkpoint, model_type="vit_test", device="cpu")
+    batched = SamRefiner(checkpoint=tiny_sam_checkpoint, model_type="vit_test", device="cpu", encode_batch=4)
+    assert one_by_one.encode_batch == 1  # the CPU default
+    single_passes, batched_passes = _encoded_images(one_by_one), _encoded_images(batched)
+    expected = one_by_one.refine_images(requests)
+    results = batched.refine_images(requests)
+    assert single_passes == [1, 1] and batched_passes == [2]  # the image without boxes is not encoded
+    assert [len(r) for r in results] == [1, 0, 1]
+    for got, want, (image, _, _) in zip(results, expected, requests):
+        for a, b in zip(got, want):
+            assert a.mask.shape == image.shape and iou(a.mask, b.mask) > 0.99 and abs(a.score - b.score) < 1e-3
+    with pytest.raises(ValueError, match="encode_batch"):
+        SamRefiner(checkpoint=tiny_sam_checkpoint, model_type="vit_test", device="cpu", encode_batch=0)
 
 
 @pytest.mark.parametrize("shape", [(180, 150), (150, 333), (512, 512)])

@@ -346,23 +346,47 @@ def behind_reported_fluid(findings: list[Finding], anatomy: AnatomyResult, prior
     return replace(prior, maps=maps)
 
 
-def ground_findings(findings: list[Finding], anatomy: AnatomyResult, prior: LesionPrior, image: np.ndarray,
-                    refiner, config: GroundingConfig, view: str = "") -> list[Grounding]:
-    """Ground every finding on one image; the refiner sees all kept boxes of the image in one call.
+@dataclass(frozen=True)
+class ImageToGround:
+    """One image's groundable findings with what grounding needs of it."""
+
+    findings: list[Finding]
+    anatomy: AnatomyResult
+    prior: LesionPrior
+    image: np.ndarray
+    view: str = ""  # 'PA', 'AP', '' when unknown
+
+
+def ground_images(images: list[ImageToGround], refiner, config: GroundingConfig) -> list[list[Grounding]]:
+    """Ground every finding on several images; the refiner sees the kept boxes of all of them in one call (SAM
+    encodes the images in batches, each once).
 
     Mentions of one lesion type at the same locations (findings and impression often repeat each other)
-    ground to the same mask: each distinct one is grounded once and its result shared. `findings` are all the
-    image's groundable findings: reported fluid hides the lung behind it from the others."""
-    prior = behind_reported_fluid(findings, anatomy, prior, config)
-    distinct = {}
-    for finding in findings:
-        distinct.setdefault((finding.entity, finding.reported_locations), finding)
-    selections = [select_candidates(f, anatomy, prior, config, view) for f in distinct.values()]
-    # only types whose rule refines send their candidates to the refiner (the others keep the prior's components)
-    to_refine = [s.kept if _rule(config, s.finding.entity).refine else [] for s in selections]
-    boxes = [c.box for kept in to_refine for c in kept]
-    seeds = [c.component for kept in to_refine for c in kept]
-    refined = iter(refiner.refine(image, boxes, seeds) if boxes else [])
-    grounded = {key: fuse_and_verify(s, [next(refined) for _ in kept], anatomy, prior, config, refiner.name)
-                for key, s, kept in zip(distinct, selections, to_refine)}
-    return [replace(grounded[(f.entity, f.reported_locations)], finding=f) for f in findings]
+    ground to the same mask: each distinct one is grounded once and its result shared. An image's findings are
+    all its groundable findings: reported fluid hides the lung behind it from the others."""
+    plans = []
+    for item in images:
+        prior = behind_reported_fluid(item.findings, item.anatomy, item.prior, config)
+        distinct = {}
+        for finding in item.findings:
+            distinct.setdefault((finding.entity, finding.reported_locations), finding)
+        selections = [select_candidates(f, item.anatomy, prior, config, item.view) for f in distinct.values()]
+        # only types whose rule refines send their candidates to the refiner (the others keep the prior's components)
+        to_refine = [s.kept if _rule(config, s.finding.entity).refine else [] for s in selections]
+        plans.append((prior, distinct, selections, to_refine))
+    requests = [(item.image, [c.box for kept in to_refine for c in kept], [c.component for kept in to_refine for c in kept])
+                for item, (_, _, _, to_refine) in zip(images, plans)]
+    refined_per_image = refiner.refine_images(requests) if any(boxes for _, boxes, _ in requests) else [[]] * len(images)
+    results = []
+    for item, (prior, distinct, selections, to_refine), refined in zip(images, plans, refined_per_image):
+        masks = iter(refined)
+        grounded = {key: fuse_and_verify(s, [next(masks) for _ in kept], item.anatomy, prior, config, refiner.name)
+                    for key, s, kept in zip(distinct, selections, to_refine)}
+        results.append([replace(grounded[(f.entity, f.reported_locations)], finding=f) for f in item.findings])
+    return results
+
+
+def ground_findings(findings: list[Finding], anatomy: AnatomyResult, prior: LesionPrior, image: np.ndarray,
+                    refiner, config: GroundingConfig, view: str = "") -> list[Grounding]:
+    """`ground_images` for one image."""
+    return ground_images([ImageToGround(findings, anatomy, prior, image, view)], refiner, config)[0]
