@@ -87,3 +87,37 @@ def test_existing_output_is_refused_without_overwrite(run_dir, corpus):
 
     with pytest.raises(UserError, match="--overwrite"):
         run_pipeline(corpus, run_dir, load_config("classical", NO_GATE))
+
+
+def test_a_refiner_failing_on_some_images_fails_those_alone(run_dir, corpus, tmp_path, monkeypatch):
+    """Images are grounded a batch at a time; an image the refiner breaks on becomes its own error row, and the
+    other images of its batch are grounded as in a clean run."""
+    from anatomy_models import base
+    from anatomy_models.backends import BACKEND_MODULES
+    from anatomy_models.classical_refiner import GrabCutRefiner
+    from transforms.images import decode_for_models
+
+    def breaks_on(image) -> bool:  # deterministic per image: even widths at the work size
+        return image.shape[1] % 2 == 0
+
+    class FailsOnSomeImages(GrabCutRefiner):
+        name = "fails_on_some"
+
+        def refine(self, image, boxes, seeds):
+            if boxes and breaks_on(image):
+                raise RuntimeError("refiner broke on this image")
+            return super().refine(image, boxes, seeds)
+
+    monkeypatch.setitem(base._REGISTRIES["refiner"], "fails_on_some", FailsOnSomeImages)
+    monkeypatch.setitem(BACKEND_MODULES["refiner"], "fails_on_some", FailsOnSomeImages.__module__)
+    config = load_config("classical", ["refiner.backend=fails_on_some", *NO_GATE])
+    out = tmp_path / "run"
+    run_pipeline(corpus, out, config, overwrite=True)
+    assert check_run(out) == []
+    failed = [e for e in tables(out)["errors"] if e["stage"] == "refine"]
+    assert failed and all(e["message"] == "refiner broke on this image" for e in failed)
+    for error in failed:
+        pixels, _ = decode_for_models(corpus / error["input_path"], config.config.vision.work_size)
+        assert breaks_on(pixels), error["key"]
+    clean = json.loads((run_dir / "manifest.json").read_text())["counters"]["images_grounded"]
+    assert json.loads((out / "manifest.json").read_text())["counters"]["images_grounded"] == clean - len(failed)
