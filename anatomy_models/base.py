@@ -70,7 +70,7 @@ class MaskRefiner(ABC):
                       ) -> list[list[RefinedMask]]:
         """`refine` for several images: one list of masks per (image, boxes, seeds). Refiners that share work
         across images (SAM encodes them in batches) override it."""
-        return [self.refine(image, boxes, seeds) for image, boxes, seeds in requests]
+        return [self.refine(image, boxes, seeds) if boxes else [] for image, boxes, seeds in requests]
 
 
 def validated_options(model: type[BaseModel], backend: str, options: dict[str, Any]) -> BaseModel:
