@@ -18,7 +18,7 @@ present on both sides at mirrored positions against the lung's darkest part (not
 baseline, which a haze over most of the lung would raise), only when most of the perihilar field is
 hazy, and is then drawn over its perihilar distribution (a bat's wing about each hilum, sparing apex,
 periphery and base), including lung seen through the heart; effusion is dense fluid layering up from the
-lung base (filled from the bottom, strongest laterally, spilling just beyond the lung outline at the
+lung base (filled from the bottom, strongest laterally, spilling just below the lung outline at the
 costophrenic angle), and in a hemithorax that holds enough of it, all of the base below the aerated lung,
 down to the other lung's mirrored outline when that side is clear (a segmenter stops the lung at the fluid's
 surface); cardiomegaly is the heart mask scaled by the cardiothoracic-ratio evidence.

@@ -82,15 +82,16 @@ class SamRefiner(MaskRefiner):
         self.checkpoint = resolve_checkpoint(checkpoint, model_type)
         self.model_type = model_type
         self.device = device
+        target = pick_device(device)
         try:  # checked now, so that a bad setting fails in the launcher rather than on a worker
-            self.precision = pick_precision(precision, pick_device(device))
+            self.precision = pick_precision(precision, target)
         except ValueError as error:
             raise ValueError(f"refiner 'sam': {error}") from None
         if encode_batch is not None and encode_batch < 1:
             raise ValueError(f"refiner 'sam': encode_batch must be at least 1, not {encode_batch}")
         # A batch of 8 saves 28 % of vit_h's encoder time on an H100; on a CPU batching saves nothing and the global
         # attention of 8 images at once would take gigabytes.
-        self.encode_batch = encode_batch or (8 if pick_device(device).type == "cuda" else 1)
+        self.encode_batch = encode_batch or (8 if target.type == "cuda" else 1)
         self.point_prompt = point_prompt
         self.mask_threshold = mask_threshold
         self._predictor = None

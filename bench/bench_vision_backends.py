@@ -57,21 +57,10 @@ def _inputs(root: Path, config, limit: int):
     return cases
 
 
-def _time_per_image(run, cases, after_warmup=lambda: None) -> list[float]:
-    run(cases[0])  # warm-up: lazy imports, first-call allocations
-    after_warmup()
-    seconds = []
-    for case in cases:
-        started = time.perf_counter()
-        run(case)
-        seconds.append(time.perf_counter() - started)
-    return seconds
-
-
 def _time_per_batch(run, cases, batch_size: int, after_warmup=lambda: None) -> list[float]:
     """Seconds per image of each batch (a batch's time over its size), after one warm-up batch."""
     batches = [cases[i:i + batch_size] for i in range(0, len(cases), batch_size)]
-    run(batches[0])
+    run(batches[0])  # warm-up: lazy imports, first-call allocations
     after_warmup()
     seconds = []
     for batch in batches:
@@ -79,6 +68,10 @@ def _time_per_batch(run, cases, batch_size: int, after_warmup=lambda: None) -> l
         run(batch)
         seconds += [(time.perf_counter() - started) / len(batch)] * len(batch)
     return seconds
+
+
+def _time_per_image(run, cases, after_warmup=lambda: None) -> list[float]:
+    return _time_per_batch(lambda batch: run(batch[0]), cases, 1, after_warmup)
 
 
 def _row(stage: str, backend: str, device: str, seconds: list[float], **extra) -> dict:

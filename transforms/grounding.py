@@ -92,9 +92,13 @@ def _with_space_below(region: np.ndarray, anatomy: AnatomyResult, depth: float) 
     return region | extended
 
 
+def _base_zones(sides, rule: FusionRule) -> list[str]:
+    """The zones of each side that make its base: `rule.base_zones` of them, counted up from the lowest."""
+    return [zone.value for side in sides for zone in ZONES_BY_SIDE[side][-rule.base_zones:]]
+
+
 def _base_region(finding: Finding, anatomy: AnatomyResult, shape: tuple[int, int], rule: FusionRule) -> np.ndarray | None:
-    names = [zone.value for side in _sides_of(finding.reported_locations) for zone in ZONES_BY_SIDE[side][-rule.base_zones:]]
-    region = _union(anatomy, names, shape)
+    region = _union(anatomy, _base_zones(_sides_of(finding.reported_locations), rule), shape)
     if region is None:
         return None
     return _with_space_below(dilate(region, _dilation_px(rule, shape)), anatomy, rule.below_depth)
@@ -107,7 +111,7 @@ def reported_region(finding: Finding, anatomy: AnatomyResult, shape: tuple[int, 
     names = list(finding.reported_locations)
     if not names:
         if rule.region == "lung_base":
-            names = [zone.value for side in ("right", "left") for zone in ZONES_BY_SIDE[side][-rule.base_zones:]]
+            names = _base_zones(("right", "left"), rule)
         elif rule.region == "heart":
             names = [Location.HEART.value]
         else:
@@ -376,9 +380,8 @@ def ground_images(images: list[ImageToGround], refiner, config: GroundingConfig)
         plans.append((prior, distinct, selections, to_refine))
     requests = [(item.image, [c.box for kept in to_refine for c in kept], [c.component for kept in to_refine for c in kept])
                 for item, (_, _, _, to_refine) in zip(images, plans)]
-    refined_per_image = refiner.refine_images(requests) if any(boxes for _, boxes, _ in requests) else [[]] * len(images)
     results = []
-    for item, (prior, distinct, selections, to_refine), refined in zip(images, plans, refined_per_image):
+    for item, (prior, distinct, selections, to_refine), refined in zip(images, plans, refiner.refine_images(requests)):
         masks = iter(refined)
         grounded = {key: fuse_and_verify(s, [next(masks) for _ in kept], item.anatomy, prior, config, refiner.name)
                     for key, s, kept in zip(distinct, selections, to_refine)}
