@@ -21,7 +21,8 @@ periphery and base), including lung seen through the heart; effusion is dense fl
 lung base (filled from the bottom, strongest laterally, spilling just below the lung outline at the
 costophrenic angle), and in a hemithorax that holds enough of it, all of the base below the aerated lung,
 down to the other lung's mirrored outline when that side is clear (a segmenter stops the lung at the fluid's
-surface); cardiomegaly is the heart mask scaled by the cardiothoracic-ratio evidence.
+surface), and, from the level where it reaches the heart's border, the lung carried behind the heart;
+cardiomegaly is the heart mask scaled by the cardiothoracic-ratio evidence.
 """
 from __future__ import annotations
 
@@ -124,7 +125,7 @@ def sample_at(values: np.ndarray, map_x: np.ndarray, map_y: np.ndarray) -> np.nd
 class ClassicalLesionPrior(LesionPriorBackend):
     """Density-anomaly lesion prior; every threshold is an option (lengths are fractions of the long side)."""
 
-    version = "1"
+    version = "2"
 
     def __init__(
         self,
@@ -388,7 +389,27 @@ class ClassicalLesionPrior(LesionPriorBackend):
             effusion = np.maximum(effusion, self._unaerated_base(effusion, lung & ~soft_tissue, clear, frame))
         if self.effusion_mirror:
             effusion = np.maximum(effusion, self._mirrored_base(effusion, lungs, clear & frame.field) * ~soft_tissue)
+        effusion = np.maximum(effusion, self._behind_heart(effusion, lungs, soft_tissue, margin))
         return effusion.astype(np.float32)
+
+    @staticmethod
+    def _behind_heart(effusion: np.ndarray, lungs: tuple[np.ndarray, np.ndarray], soft_tissue: np.ndarray,
+                      margin: int) -> np.ndarray:
+        """Fluid lies at one level across its hemithorax: in a row where it reaches the heart's border, the lung that the
+        anatomy carries behind the heart (which the film shows as heart) holds it as well, as dense as at that border."""
+        fluid = np.zeros(effusion.shape, np.float32)
+        columns = np.arange(effusion.shape[1])[None, :]
+        for index, lung in enumerate(lungs):
+            hidden, seen = lung & soft_tissue, lung & ~soft_tissue
+            if not hidden.any() or not seen.any():
+                continue
+            has = seen.any(axis=1)
+            # the patient's right lung (image left) meets the heart at its largest column, the left lung at its smallest
+            medial = seen.shape[1] - 1 - np.argmax(seen[:, ::-1], axis=1) if index == 0 else np.argmax(seen, axis=1)
+            near_border = seen & (np.abs(columns - medial[:, None]) <= margin) & has[:, None]
+            at_border = np.where(near_border, effusion, 0.0).max(axis=1)
+            fluid = np.maximum(fluid, hidden * at_border[:, None])
+        return fluid
 
     def _mirrored_base(self, effusion: np.ndarray, lungs: tuple[np.ndarray, np.ndarray], aerated: np.ndarray) -> np.ndarray:
         """A hemithorax holding fluid beside a clear one: the clear lung, mirrored about the thorax's midline, is the

@@ -181,6 +181,22 @@ def test_fluid_reaches_the_unaerated_base_behind_the_heart_border(prior):
     assert clear.maps["effusion"][hidden].max() < 0.1
 
 
+def test_fluid_layers_behind_the_heart_at_the_level_it_reaches_the_heart_border(prior):
+    image, anatomy = frontal_phantom()
+    left, heart = anatomy.masks["left lung"], anatomy.masks[Location.HEART.value]
+    rows = np.flatnonzero(left.any(axis=1))
+    yy, _ = np.mgrid[: image.shape[0], : image.shape[1]]
+    surface = rows[-1] - 0.25 * (rows[-1] - rows[0])
+    seen_fluid = left & ~heart & (yy >= surface)
+    behind = left & heart  # lung that the film shows as heart
+    (with_fluid,) = prior.predict([to_uint8(add_lesion(image, seen_fluid, density=0.45))], [anatomy])
+    effusion = with_fluid.maps["effusion"]
+    assert effusion[behind & (yy >= surface + 6)].mean() > 0.8
+    assert effusion[behind & (yy < surface - 6)].max() < 0.1  # above the fluid's level the lung behind the heart is not fluid
+    (clear,) = prior.predict([to_uint8(image)], [anatomy])
+    assert clear.maps["effusion"][behind].max() < 0.1
+
+
 def test_fluid_below_a_lung_cut_at_its_surface_reaches_the_mirrored_clear_lung(prior):
     image, anatomy = frontal_phantom()
     right, left = anatomy.masks["right lung"], anatomy.masks["left lung"]
