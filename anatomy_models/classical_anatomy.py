@@ -29,10 +29,10 @@ Method (at a fixed working size, 256 px on the long side by default):
    (the right one carried straight down below the right cardiophrenic angle, where the dome or a basal
    opacity would pull it outward; where a lesion as dense as the heart lies against a border, the border
    is cut back to the smooth arc fitted to the rest of it), its corners rounded by the ellipse inscribed
-   in its bounding box and its extent right of the spine capped against its extent left of it. Mediastinum: the gap between
-   the lungs from the apices down to the heart's bottom, heart included. Diaphragm: a band under each
-   lung field. Retrocardiac lung (an extra structure): the lung fields carried behind the heart, which
-   the film shows as heart. Zones come from `zones.py`.
+   in its bounding box and its extent right of the spine capped against its extent left of it.
+   Mediastinum: the gap between the lungs from the apices down to the heart's bottom, heart included.
+   Diaphragm: a band under each lung field. Retrocardiac lung (an extra structure): the lung fields
+   carried behind the heart, which the film shows as heart. Zones come from `zones.py`.
 
 Constants are fractions of the working image or of a lung's own size. The lung-field geometry is set on
 whole-set behaviour of the dev radiographs (../shared/data/cxr-lungs-dev), the heart's hidden extents

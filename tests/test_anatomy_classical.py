@@ -186,7 +186,7 @@ def test_a_lesion_against_the_heart_border_is_not_taken_for_heart():
     edge out; the heart keeps its own smooth outline and the lesion stays lung."""
     image, _, truth = draw_frontal(np.random.default_rng([1, 7]), 640, 560, (), view="PA")
     heart = truth[Location.HEART.value]
-    rows, cols = np.nonzero(heart)
+    rows = np.nonzero(heart)[0]
     row = int(rows.min() + 0.45 * (rows.max() - rows.min()))
     border = int(np.flatnonzero(heart[row])[-1])
     lesion = np.zeros(heart.shape, np.uint8)
