@@ -27,12 +27,11 @@ Method (at a fixed working size, 256 px on the long side by default):
 7. Heart: from a little above the hilum level to a little below the cardiophrenic angles (its outline
    continues behind the great vessels and below the angles), between the aerated lungs' medial borders
    (the right one carried straight down below the right cardiophrenic angle, where the dome or a basal
-   opacity would pull it outward; where a lesion as dense as the heart lies against a border, the border
-   is cut back to the smooth arc fitted to the rest of it), its corners rounded by the ellipse inscribed
-   in its bounding box and its extent right of the spine capped against its extent left of it.
-   Mediastinum: the gap between the lungs from the apices down to the heart's bottom, heart included.
-   Diaphragm: a band under each lung field. Retrocardiac lung (an extra structure): the lung fields
-   carried behind the heart, which the film shows as heart. Zones come from `zones.py`.
+   opacity would pull it outward), its corners rounded by the ellipse inscribed in its bounding box and
+   its extent right of the spine capped against its extent left of it. Mediastinum: the gap between
+   the lungs from the apices down to the heart's bottom, heart included. Diaphragm: a band under each
+   lung field. Retrocardiac lung (an extra structure): the lung fields carried behind the heart, which
+   the film shows as heart. Zones come from `zones.py`.
 
 Constants are fractions of the working image or of a lung's own size. The lung-field geometry is set on
 whole-set behaviour of the dev radiographs (../shared/data/cxr-lungs-dev), the heart's hidden extents
@@ -91,7 +90,6 @@ _HEART_BELOW_ANGLES = 0.13  # of the heart's visible height: how far its lower b
 _RIGHT_BULGE_ROWS = (0.3, 0.6)  # shares of the heart's height between which its right border bulges furthest out
 _HEART_ROUNDING = 1.1  # semi-axes of the ellipse that rounds the heart's corners, as shares of its half-width and half-height
 _RIGHT_HEART_SHARE = 0.6  # the heart's extent right of the spine is at most this share of its extent left of it
-_BORDER_BULGE = 0.05  # of the heart's height: how far a heart border may run outside the smooth curve fitted to it
 
 
 class ClassicalOptions(BaseModel):
@@ -424,7 +422,6 @@ def _heart_outline(right: np.ndarray, left: np.ndarray, top: int, bottom: int) -
     if right_known[middle].any():
         lower = np.arange(right_x.size) >= middle.stop
         right_x = np.where(lower, np.maximum(right_x, right_x[middle][right_known[middle]].min()), right_x)
-    right_x, left_x = _without_bulges(right_x, right_known, -1), _without_bulges(left_x, left_known, 1)
     columns = np.arange(right.shape[1])[None, :]
     heart[top : bottom + 1] = ((columns > right_x[:, None]) & (columns < left_x[:, None])
                                & (right_known & left_known)[:, None])
@@ -436,30 +433,6 @@ def _heart_outline(right: np.ndarray, left: np.ndarray, top: int, bottom: int) -
     rounded = np.zeros(right.shape, np.uint8)
     cv2.ellipse(rounded, (centre, (2 * axes[0], 2 * axes[1]), 0.0), 1, -1)
     return heart & rounded.astype(bool)
-
-
-def _without_bulges(border: np.ndarray, known: np.ndarray, outward: int) -> np.ndarray:
-    """A heart border (column per row) with its outward bulges cut back to a smooth curve. The border is where the
-    aerated lung ends, so a lesion against the heart (as dense as it: the silhouette sign) pushes it out into the
-    lung; the heart's own outline is a smooth arc. The arc is a quadratic in the row, fitted without the points
-    furthest out, so the bulge does not pull it; `outward` is -1 for the image-left border, +1 for the other."""
-    rows = np.flatnonzero(known)
-    if rows.size < 6:
-        return border
-    tolerance = _BORDER_BULGE * border.size
-    x = border[rows].astype(np.float64)
-    # start from the inner half of the points (a bulge can hold many of them), then take back all within tolerance
-    curve = np.polyval(np.polyfit(rows, x, 2), rows)
-    inside = outward * (x - curve) <= np.median(outward * (x - curve))
-    for _ in range(4):
-        curve = np.polyval(np.polyfit(rows[inside], x[inside], 2), rows)
-        still_inside = outward * (x - curve) <= tolerance
-        if still_inside.sum() < 6 or (still_inside == inside).all():
-            break
-        inside = still_inside
-    capped = border.astype(np.float64)
-    capped[rows] = np.where(outward * (x - curve) > tolerance, curve, x)
-    return np.round(capped).astype(border.dtype)
 
 
 def _cap_right_border(heart: np.ndarray, axis: int) -> np.ndarray:
@@ -601,7 +574,7 @@ def _heart_confidence(heart: np.ndarray, lung: np.ndarray, lung_confidence: floa
 class ClassicalAnatomy(AnatomyBackend):
     """Lungs, zones, heart, mediastinum and diaphragm from image intensities and shape priors; no weights."""
 
-    version = "3"
+    version = "2"
 
     def __init__(self, **options):
         self.options = validated_options(ClassicalOptions, "classical", options)

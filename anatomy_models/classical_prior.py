@@ -392,11 +392,12 @@ class ClassicalLesionPrior(LesionPriorBackend):
         effusion = np.maximum(effusion, self._behind_heart(effusion, lungs, soft_tissue, margin))
         return effusion.astype(np.float32)
 
-    @staticmethod
-    def _behind_heart(effusion: np.ndarray, lungs: tuple[np.ndarray, np.ndarray], soft_tissue: np.ndarray,
+    def _behind_heart(self, effusion: np.ndarray, lungs: tuple[np.ndarray, np.ndarray], soft_tissue: np.ndarray,
                       margin: int) -> np.ndarray:
-        """Fluid lies at one level across its hemithorax: in a row where it reaches the heart's border, the lung that the
-        anatomy carries behind the heart (which the film shows as heart) holds it as well, as dense as at that border."""
+        """Fluid lies at one level across its hemithorax: where it layers up from the base along the heart's border, the
+        lung that the anatomy carries behind the heart (which the film shows as heart) holds it as well, from the level
+        the fluid reaches at that border down. Dense rows at the border that are not part of that layer (the heart's own
+        edge, a lesion against it) are not fluid."""
         fluid = np.zeros(effusion.shape, np.float32)
         columns = np.arange(effusion.shape[1])[None, :]
         for index, lung in enumerate(lungs):
@@ -408,7 +409,17 @@ class ClassicalLesionPrior(LesionPriorBackend):
             medial = seen.shape[1] - 1 - np.argmax(seen[:, ::-1], axis=1) if index == 0 else np.argmax(seen, axis=1)
             near_border = seen & (np.abs(columns - medial[:, None]) <= margin) & has[:, None]
             at_border = np.where(near_border, effusion, 0.0).max(axis=1)
-            fluid = np.maximum(fluid, hidden * at_border[:, None])
+            # the run of fluid rows at the border that reaches the lung's lowest rows there
+            layer = at_border >= self.strong_level
+            lowest = int(np.flatnonzero(has)[-1])
+            bottom = next((row for row in range(lowest, max(lowest - margin, -1), -1) if layer[row]), None)
+            if bottom is None:
+                continue
+            top = bottom
+            while top > 0 and layer[top - 1]:
+                top -= 1
+            level = float(at_border[top : bottom + 1].mean())
+            fluid[top:] = np.maximum(fluid[top:], level * hidden[top:])
         return fluid
 
     def _mirrored_base(self, effusion: np.ndarray, lungs: tuple[np.ndarray, np.ndarray], aerated: np.ndarray) -> np.ndarray:

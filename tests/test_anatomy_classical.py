@@ -104,6 +104,13 @@ def test_retrocardiac_lung_is_lung_behind_the_heart(real_results):
         assert np.nonzero(retrocardiac)[0].mean() > (rows[0] + rows[-1]) / 2
 
 
+def test_real_hearts_give_a_plausible_cardiothoracic_ratio(real_results):
+    """The dev set has no heart annotation, but a heart narrower than a third of the thorax is not a heart: a rule
+    that only phantoms' clean borders satisfy (a smooth arc fitted to each border) shrank these to 0.31."""
+    for result in real_results:
+        assert 0.35 < _ratio(result.masks) < 0.75
+
+
 PHANTOM_LESIONS = {
     "normal": (),
     "cardiomegaly": (LesionSpec(("cardiomegaly",), "cardiomegaly", ("heart",), 0.7),),
@@ -179,23 +186,3 @@ def test_zone_rule_splits_a_lung_at_the_documented_fractions():
     starts = [np.flatnonzero(zones[zone.value].any(axis=1))[0] for zone in ZONES_BY_SIDE["left"]]
     assert starts == [10] + [10 + round(fraction * 100) for fraction in ZONE_BOUNDS]
     assert np.flatnonzero(zones[Location.LEFT_BASE.value].any(axis=1))[-1] == 109
-
-
-def test_a_lesion_against_the_heart_border_is_not_taken_for_heart():
-    """A lesion as dense as the heart touching its left border (the silhouette sign) pushes the aerated lung's
-    edge out; the heart keeps its own smooth outline and the lesion stays lung."""
-    image, _, truth = draw_frontal(np.random.default_rng([1, 7]), 640, 560, (), view="PA")
-    heart = truth[Location.HEART.value]
-    rows = np.nonzero(heart)[0]
-    row = int(rows.min() + 0.45 * (rows.max() - rows.min()))
-    border = int(np.flatnonzero(heart[row])[-1])
-    lesion = np.zeros(heart.shape, np.uint8)
-    cv2.circle(lesion, (border + 25, row), 35, 1, -1)
-    lesion = lesion.astype(bool) & truth[Location.LEFT_LUNG.value] & ~heart
-    dense = image.copy()
-    dense[lesion] = int(np.median(image[heart]))
-    dense = cv2.GaussianBlur(dense, (0, 0), 2)
-    clean, with_lesion = ClassicalAnatomy().segment([cv2.GaussianBlur(image, (0, 0), 2), dense])
-    assert with_lesion.masks[Location.HEART.value][lesion].mean() < 0.3
-    assert abs(_ratio(with_lesion.masks) - _ratio(clean.masks)) < 0.05
-    assert _dice(with_lesion.masks[Location.HEART.value], heart) > 0.8

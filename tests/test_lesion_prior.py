@@ -197,6 +197,23 @@ def test_fluid_layers_behind_the_heart_at_the_level_it_reaches_the_heart_border(
     assert clear.maps["effusion"][behind].max() < 0.1
 
 
+def test_only_fluid_layering_up_from_the_base_is_carried_behind_the_heart(prior):
+    """Dense rows at the heart's border that do not reach down to the base (the heart's own edge, a lesion against
+    it) are not a fluid level."""
+    _, anatomy = frontal_phantom()
+    right, left, heart = (anatomy.masks[name] for name in ("right lung", "left lung", Location.HEART.value))
+    seen, behind = left & ~heart, left & heart
+    rows = np.flatnonzero(seen.any(axis=1))
+    yy, _ = np.mgrid[: heart.shape[0], : heart.shape[1]]
+    island = (yy >= rows[-1] - 60) & (yy < rows[-1] - 45)
+    layer = yy >= rows[-1] - 20
+    effusion = (seen & (island | layer)).astype(np.float32)
+    fluid = prior._behind_heart(effusion, (right, left), heart, margin=3)
+    assert fluid[behind & layer].mean() > 0.9
+    assert fluid[behind & island].max() == 0
+    assert fluid[right].max() == 0
+
+
 def test_fluid_below_a_lung_cut_at_its_surface_reaches_the_mirrored_clear_lung(prior):
     image, anatomy = frontal_phantom()
     right, left = anatomy.masks["right lung"], anatomy.masks["left lung"]
