@@ -21,8 +21,8 @@ periphery and base), including lung seen through the heart; effusion is dense fl
 lung base (filled from the bottom, strongest laterally, spilling just below the lung outline at the
 costophrenic angle), and in a hemithorax that holds enough of it, all of the base below the aerated lung,
 down to the other lung's mirrored outline when that side is clear (a segmenter stops the lung at the fluid's
-surface), and, from the level where it reaches the heart's border, the lung carried behind the heart;
-cardiomegaly is the heart mask scaled by the cardiothoracic-ratio evidence.
+surface), and, where it layers up from the base along the heart's border, the lung carried behind the heart
+from that level down; cardiomegaly is the heart mask scaled by the cardiothoracic-ratio evidence.
 """
 from __future__ import annotations
 
