@@ -37,7 +37,7 @@ from anatomy_models.base import LesionPriorBackend, register
 from anatomy_models.classical_anatomy import RETROCARDIAC_LUNG
 from schemas.vocab import LesionType, Location
 from transforms.grounding import cardiothoracic_ratio
-from transforms.masks import lowest_rows, mirrored_columns, ramp, resize_mask
+from transforms.masks import below_lowest, lowest_rows, mirrored_columns, ramp, resize_mask
 from transforms.records import AnatomyResult, LesionPrior
 
 
@@ -377,8 +377,7 @@ class ClassicalLesionPrior(LesionPriorBackend):
         # The rim the map spills into lies below the lung outline: beside it is chest wall, which the fluid
         # does not cross (where a segmenter cut the lung at the fluid, the cut is its lower border).
         rim = cv2.dilate(frame.lungs.astype(np.uint8), kernel).astype(bool) & ~frame.lungs & ~soft_tissue
-        lungs_lowest = lowest_rows(frame.lungs)
-        rim &= (np.arange(rim.shape[0])[:, None] > lungs_lowest[None, :]) & (lungs_lowest[None, :] >= 0)
+        rim &= below_lowest(frame.lungs)
         spill = cv2.dilate(effusion, kernel)
         effusion = np.where(rim, spill, effusion)
         # fluid under the lung lies beside the heart and mediastinum, never over them
@@ -444,9 +443,7 @@ class ClassicalLesionPrior(LesionPriorBackend):
                 continue
             top, bottom = np.flatnonzero(outline.any(axis=1))[[0, -1]]
             base = rows >= top + self.effusion_base_start * (bottom - top)
-            air_bottom = lowest_rows(aerated & lungs[index])
-            below_air = (rows > air_bottom[None, :]) & (air_bottom[None, :] >= 0)
-            fluid = np.maximum(fluid, presence * (outline & base & below_air))
+            fluid = np.maximum(fluid, presence * (outline & base & below_lowest(aerated & lungs[index])))
         return fluid
 
     def _midline_twice(self, lungs: tuple[np.ndarray, np.ndarray]) -> int | None:

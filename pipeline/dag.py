@@ -232,6 +232,7 @@ class GroundAndVerify(_BackendStage):
     def __init__(self, backend: str, options: dict, handle: shared.Shared, config: PipelineConfig):
         super().__init__(backend, options, handle)
         self._config = config
+        self._unions = [[loc.value for loc in union] for union in config.pairs.location_unions]
         self._images = Metrics.counter(NAMESPACE, "images_grounded")
 
     def _ground(self, tasks: list[ImageTask]) -> list[list]:
@@ -261,9 +262,8 @@ class GroundAndVerify(_BackendStage):
         try:
             empty = empty_locations(task.prior, task.anatomy, self._config.grounding)
             height, width = task.source_size
-            unions = [[loc.value for loc in u] for u in self._config.pairs.location_unions]
             with timed("encode"):  # masks back to source resolution, as RLE
-                encoded = encode_groundings(groundings, task.anatomy, height, width, unions)
+                encoded = encode_groundings(groundings, task.anatomy, height, width, self._unions)
             task.result = ImageResult(task.study_id, task.image.dicom_id, task.image.path, height, width,
                                       findings=encoded, empty_locations=empty)
             self._images.inc()

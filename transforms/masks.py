@@ -118,6 +118,12 @@ def lowest_rows(mask: np.ndarray) -> np.ndarray:
     return np.where(mask.any(axis=0), mask.shape[0] - 1 - np.argmax(mask[::-1], axis=0), -1)
 
 
+def below_lowest(mask: np.ndarray) -> np.ndarray:
+    """The pixels below the mask's lowest pixel in each column it reaches (none in the columns it does not)."""
+    lowest = lowest_rows(mask)
+    return (np.arange(mask.shape[0])[:, None] > lowest[None, :]) & (lowest[None, :] >= 0)
+
+
 def dilate(mask: np.ndarray, radius_px: int) -> np.ndarray:
     """`mask` grown by a disc of `radius_px`: a distance transform costs the same for any radius (a disc
     kernel's cost grows with its area, and regions are dilated by tens of pixels). The 5x5 chamfer
