@@ -11,8 +11,10 @@ vessels, apices under the clavicles — is denser than the darkest lung but simi
 bounded, which is what the pooled position-wise baseline and its cap absorb.
 
 Per type: opacity / pneumonia / consolidation are focal dense regions (consolidation needs more
-density), judged only where lung is seen directly (lung that the anatomy marks as seen through soft
-tissue, retrocardiac, is left out; lung behind reported pleural fluid is left out by grounding, which reads the
+density), judged at a finer scale (lesions are often small) on the image with its bright structure up
+to a rib's width (ribs, vessels, lines) flattened first by a grey opening, so that the finer scale
+follows lesions rather than that structure; they are judged only where lung is seen directly (lung that
+the anatomy marks as seen through soft tissue, retrocardiac, is left out; lung behind reported pleural fluid is left out by grounding, which reads the
 report); atelectasis favours the bases and horizontal bands; edema is haze
 present on both sides at mirrored positions against the lung's darkest part (not the position-wise
 baseline, which a haze over most of the lung would raise), only when most of the perihilar field is
@@ -31,7 +33,7 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
-from scipy import ndimage
+from scipy import ndimage, stats
 
 from anatomy_models.base import LesionPriorBackend, register
 from anatomy_models.classical_anatomy import RETROCARDIAC_LUNG
@@ -48,6 +50,19 @@ def masked_gaussian(image: np.ndarray, mask: np.ndarray, sigma: float, sigma_x: 
     numerator = cv2.GaussianBlur(image * weights, (0, 0), sigmaX=sx, sigmaY=sigma)
     denominator = cv2.GaussianBlur(weights, (0, 0), sigmaX=sx, sigmaY=sigma)
     return np.where(denominator > 1e-3, numerator / np.maximum(denominator, 1e-3), 0.0).astype(np.float32)
+
+
+def masked_opening(image: np.ndarray, mask: np.ndarray, diameter: int) -> np.ndarray:
+    """Grey opening of `image` over `mask` only, with a disc of `diameter` pixels: bright structures narrower than
+    the disc are flattened to their surroundings, broader ones kept. Pixels outside the mask neither take part nor
+    change (the soft tissue around the lungs would otherwise spread into their rim)."""
+    if diameter < 2:
+        return image
+    disc = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (diameter, diameter))
+    far = np.finfo(np.float32).max
+    eroded = cv2.erode(np.where(mask, image, far).astype(np.float32), disc)
+    opened = cv2.dilate(np.where(mask, eroded, -far).astype(np.float32), disc)
+    return np.where(mask, opened, image).astype(np.float32)
 
 
 @dataclass
@@ -125,12 +140,18 @@ def sample_at(values: np.ndarray, map_x: np.ndarray, map_y: np.ndarray) -> np.nd
 class ClassicalLesionPrior(LesionPriorBackend):
     """Density-anomaly lesion prior; every threshold is an option (lengths are fractions of the long side)."""
 
-    version = "2"
+    version = "3"
 
     def __init__(
         self,
         work_size: int = 256,  # long side the maps are computed at
         smoothing: float = 0.025,
+        # Focal types use a finer density, on the image opened with a disc this wide (fractions of the long side).
+        # On five synthetic corpora (vision only) this grounded 0.73 of the visible focal lesions instead of 0.67, at
+        # IoU 0.37 instead of 0.35, and discarded more invisible findings (0.91, was 0.89). The finer scale without
+        # the opening follows vessels and rib edges: 0.85 discarded. Real ribs are 3-5 % of the film's height.
+        focal_smoothing: float = 0.01,
+        focal_opening: float = 0.05,
         baseline_quantile: float = 0.3,
         baseline_height_bins: int = 5,
         baseline_across_bins: int = 2,  # medial / lateral halves
@@ -180,6 +201,8 @@ class ClassicalLesionPrior(LesionPriorBackend):
     ) -> None:
         self.work_size = work_size
         self.smoothing = smoothing
+        self.focal_smoothing = focal_smoothing
+        self.focal_opening = focal_opening
         self.baseline_quantile = baseline_quantile
         self.baseline_height_bins = baseline_height_bins
         self.baseline_across_bins = baseline_across_bins
@@ -254,9 +277,12 @@ class ClassicalLesionPrior(LesionPriorBackend):
             probabilities[LesionType.CARDIOMEGALY.value] = p_cardiomegaly
         return LesionPrior(maps=maps, probabilities=probabilities, backend=self.name, version=self.version)
 
-    def density(self, image: np.ndarray, frame: LungFrame, heart: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(local density vs the expected lung, vs the mirrored point, mirrored-point validity), 0 = aerated, 1 = soft tissue."""
-        sigma = self.smoothing * max(image.shape)
+    def density(self, image: np.ndarray, frame: LungFrame, heart: np.ndarray,
+                smoothing: float | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(local density vs the expected lung, vs the mirrored point, mirrored-point validity), 0 = aerated, 1 = soft tissue.
+
+        `smoothing` (default: the prior's) sets the scale of "local", as a fraction of the long side."""
+        sigma = (self.smoothing if smoothing is None else smoothing) * max(image.shape)
         local = masked_gaussian(image, frame.field, sigma)
         values = local[frame.field]
         lung_level = float(np.quantile(values, self.baseline_quantile))
@@ -297,25 +323,28 @@ class ClassicalLesionPrior(LesionPriorBackend):
             return
         vs_expected, vs_mirror, mirror_valid = self.density(image, frame, heart)
         focal = np.maximum(vs_expected, self.contralateral_weight * vs_mirror) * frame.field
+        opened = masked_opening(image, frame.field, int(round(self.focal_opening * max(image.shape))))
+        fine_expected, fine_mirror, _ = self.density(opened, frame, heart, self.focal_smoothing)
+        fine_focal = np.maximum(fine_expected, self.contralateral_weight * fine_mirror) * frame.field
 
-        values = vs_expected[frame.field]
-        spread = 1.4826 * float(np.median(np.abs(values - np.median(values))))
+        spread = float(stats.median_abs_deviation(vs_expected[frame.field], scale="normal"))
         effusion_levels = self._levels(self.effusion_density, spread)
         # the lungs as seen (without the extensions behind the heart) show where each base ends and how blunted it is
         seen = (right & frame.field, left & frame.field)
         effusion = self._effusion(vs_expected, effusion_levels, frame, heart | mediastinum, max(image.shape), seen, (right, left))
         maps[LesionType.EFFUSION.value] = effusion
 
-        opacity_levels = self._levels(self.opacity_density, spread)
-        opacity = ramp(focal, *opacity_levels) * frame.field
+        fine_spread = float(stats.median_abs_deviation(fine_expected[frame.field], scale="normal"))
+        opacity = ramp(fine_focal, *self._levels(self.opacity_density, fine_spread)) * frame.field
         maps[LesionType.OPACITY.value] = opacity
         maps[LesionType.PNEUMONIA.value] = opacity
-        maps[LesionType.CONSOLIDATION.value] = ramp(focal, *self._levels(self.consolidation_density, spread)) * frame.field
+        maps[LesionType.CONSOLIDATION.value] = ramp(fine_focal, *self._levels(self.consolidation_density, fine_spread)) * frame.field
 
+        # atelectasis bands are as thin as what the opening flattens: they are judged on the coarse density
         sigma = self.smoothing * max(image.shape)
         band = masked_gaussian(focal, frame.field, sigma, sigma_x=sigma * self.atelectasis_band_ratio)
         base_weight = self.atelectasis_apex_weight + (1 - self.atelectasis_apex_weight) * frame.v
-        maps[LesionType.ATELECTASIS.value] = ramp(band, *opacity_levels) * base_weight * frame.field
+        maps[LesionType.ATELECTASIS.value] = ramp(band, *self._levels(self.opacity_density, spread)) * base_weight * frame.field
 
         maps[LesionType.EDEMA.value] = self._edema(image, frame, heart, mirror_valid)
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from anatomy_models.classical_anatomy import RETROCARDIAC_LUNG
-from anatomy_models.classical_prior import ClassicalLesionPrior
+from anatomy_models.classical_prior import ClassicalLesionPrior, masked_opening
 from anatomy_models.random_weights import save_random_densenet
 from anatomy_models.zones import lung_regions
 from conftest import make_finding
@@ -108,13 +108,42 @@ def test_opacity_mass_lies_on_the_drawn_lesion(prior):
     near = cv2.dilate(lesion.astype(np.uint8), np.ones((9, 9), np.uint8)).astype(bool)
     for lesion_type in ("opacity", "pneumonia", "consolidation"):
         lesion_map = result.maps[lesion_type]
-        assert lesion_map[near].sum() / lesion_map.sum() > 0.8, lesion_type
+        # what becomes a candidate lies on the lesion; faint spots where ribs meet the chest wall hold the rest
+        strong = lesion_map >= 0.5
+        assert strong[near].sum() / strong.sum() > 0.95, lesion_type
+        assert lesion_map[near].sum() / lesion_map.sum() > 0.7, lesion_type
         assert lesion_map[lesion].mean() > (0.6 if lesion_type != "consolidation" else 0.4), lesion_type
         assert result.probabilities[lesion_type] > 0.5, lesion_type
     healthy_lung = anatomy.masks["left lung"]
-    assert result.maps["opacity"][healthy_lung].mean() < 0.01
+    assert result.maps["opacity"][healthy_lung].mean() < 0.02  # as normal lungs (test_normal_lungs_give_low_maps)
     # a unilateral focus is not edema
     assert result.probabilities["edema"] < 0.15
+
+
+def test_focal_map_follows_the_lesion_outline_between_ribs(prior):
+    image, anatomy = frontal_phantom()
+    lesion = ellipse(image.shape, 150, 205, 10, 10)
+    (result,) = prior.predict([to_uint8(add_lesion(image, lesion))], [anatomy])
+    strong = result.maps["opacity"] >= 0.5
+    near = cv2.dilate(lesion.astype(np.uint8), np.ones((9, 9), np.uint8)).astype(bool)
+    assert strong[near].sum() / strong.sum() > 0.98
+    # the coarse density that averages ribs away spreads a lesion this small over its neighbours (IoU 0.47)
+    assert (strong & lesion).sum() / (strong | lesion).sum() > 0.52
+
+
+def test_masked_opening_flattens_thin_bright_structure_and_keeps_broad_structure():
+    image = np.full((60, 80), 0.2, np.float32)
+    image[20:23, 5:75] = 0.8  # a rib: 3 pixels thin
+    lesion = ellipse(image.shape, 45, 40, 10, 10)  # 20 pixels across (a disc: the opening keeps it)
+    image[lesion] = 0.8
+    mask = np.zeros(image.shape, bool)
+    mask[5:58, 3:77] = True
+    image[~mask] = 1.0  # soft tissue around the lung
+    opened = masked_opening(image, mask, 9)
+    assert np.allclose(opened[20:23, 10:70], 0.2)
+    assert np.isclose(opened[lesion], 0.8).mean() > 0.97  # all but single-pixel tips of the drawn disc
+    assert np.allclose(opened[mask & (image < 0.5)], 0.2)  # outside bright tissue does not spread into the lung
+    assert np.array_equal(opened[~mask], image[~mask])
 
 
 def test_faint_opacity_is_opacity_but_not_consolidation(prior):
