@@ -54,7 +54,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from anatomy_models.base import AnatomyBackend, register, validated_options
 from anatomy_models.zones import ZONE_BOUNDS, ZoneBoundsOption, lower_border_band, lung_regions
 from schemas.vocab import Location
-from transforms.masks import lowest_rows, mirrored_columns
+from transforms.masks import disk, lowest_rows, mirrored_columns
 from transforms.records import AnatomyResult
 
 RETROCARDIAC_LUNG = "retrocardiac lung"  # extra structure: the lung fields carried behind the heart, not seen aerated
@@ -116,12 +116,6 @@ def to_uint8(image: np.ndarray) -> np.ndarray:
     return np.clip((values - low) * (255.0 / (high - low)), 0, 255).astype(np.uint8)
 
 
-def _disk(diameter: float) -> np.ndarray:
-    """A disk of odd size: an even-sized kernel's anchor is off centre, which shifts every edge it touches."""
-    size = max(3, int(round(diameter)) | 1)
-    return cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (size, size))
-
-
 def _convex_fill(mask: np.ndarray) -> np.ndarray:
     filled = np.zeros(mask.shape, np.uint8)
     contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
@@ -175,8 +169,8 @@ def _largest_lung_components(candidates: np.ndarray, opening: np.ndarray, midlin
         if area > best[side][1]:
             best[side] = (label, area)
     cores = {side: labels == label if label else np.zeros_like(candidates, dtype=bool) for side, (label, _) in best.items()}
-    fine = cv2.morphologyEx(candidates.astype(np.uint8), cv2.MORPH_OPEN, _disk(_OPENING * max(height, width)))
-    reach = _disk(_CORE_REACH * max(height, width))
+    fine = cv2.morphologyEx(candidates.astype(np.uint8), cv2.MORPH_OPEN, disk(_OPENING * max(height, width)))
+    reach = disk(_CORE_REACH * max(height, width))
     return {side: (cv2.dilate(core.astype(np.uint8), reach).astype(bool) & fine.astype(bool)) if core.any() else core
             for side, core in cores.items()}
 
@@ -506,7 +500,7 @@ def segment_lungs_and_heart(image: np.ndarray, work_size: int = 256, clahe_clip:
     band = max(1, int(round(_MIDLINE_BAND * unit)))
     candidates[:, max(midline - band, 0) : midline + band + 1] = False
     components = {side: _regrow_base(component, candidates)
-                  for side, component in _largest_lung_components(candidates, _disk(_CORE_OPENING * unit), midline).items()}
+                  for side, component in _largest_lung_components(candidates, disk(_CORE_OPENING * unit), midline).items()}
     aerated = {side: _convex_fill(component) for side, component in components.items()}
     lungs = {side: _field_above_dome(aerated[side], components[side], side) for side in aerated}
 
@@ -521,7 +515,7 @@ def segment_lungs_and_heart(image: np.ndarray, work_size: int = 256, clahe_clip:
         heart_top, heart_bottom = _heart_rows(aerated, components, lungs)
         # The heart's borders are the aerated lungs' edges, restored by less than the lung fields' (the heart's
         # edge is sharp, the lungs' lateral edges fade).
-        edges = {side: _dilated(components[side], _disk(_HEART_EDGE_DILATION * unit)) for side in components}
+        edges = {side: _dilated(components[side], disk(_HEART_EDGE_DILATION * unit)) for side in components}
         heart = _cap_right_border(_heart_outline(edges["right"], edges["left"], heart_top, heart_bottom), int(round(axis)))
         apices = min(_extent(aerated[side])[0] for side in aerated)
         mediastinum = _gap_between(aerated["right"], aerated["left"], apices, heart_bottom) | heart
@@ -537,7 +531,7 @@ def segment_lungs_and_heart(image: np.ndarray, work_size: int = 256, clahe_clip:
             behind_heart |= extended & ~lungs[side]
             lungs[side] = extended
 
-    dilation = _disk(_EDGE_DILATION * unit)
+    dilation = disk(_EDGE_DILATION * unit)
     lungs = {side: _dilated(lung, dilation) for side, lung in lungs.items()}
     split = int(round(axis))
     lungs["right"][:, split:] = False

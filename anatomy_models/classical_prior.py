@@ -39,7 +39,7 @@ from anatomy_models.base import LesionPriorBackend, register
 from anatomy_models.classical_anatomy import RETROCARDIAC_LUNG
 from schemas.vocab import LesionType, Location
 from transforms.grounding import cardiothoracic_ratio
-from transforms.masks import below_lowest, lowest_rows, mirrored_columns, ramp, resize_mask
+from transforms.masks import below_lowest, disk, lowest_rows, mirrored_columns, ramp, resize_mask
 from transforms.records import AnatomyResult, LesionPrior
 
 
@@ -53,12 +53,12 @@ def masked_gaussian(image: np.ndarray, mask: np.ndarray, sigma: float, sigma_x: 
 
 
 def masked_opening(image: np.ndarray, mask: np.ndarray, diameter: int) -> np.ndarray:
-    """Grey opening of `image` over `mask` only, with a disc of `diameter` pixels: bright structures narrower than
-    the disc are flattened to their surroundings, broader ones kept. Pixels outside the mask neither take part nor
-    change (the soft tissue around the lungs would otherwise spread into their rim)."""
+    """Grey opening of `image` over `mask` only, with a disc `diameter` pixels across (`disk`: odd-sized): bright
+    structures narrower than the disc are flattened to their surroundings, broader ones kept. Pixels outside the mask
+    neither take part nor change (the soft tissue around the lungs would otherwise spread into their rim)."""
     if diameter < 2:
         return image
-    disc = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (diameter, diameter))
+    disc = disk(diameter)
     far = np.finfo(np.float32).max
     eroded = cv2.erode(np.where(mask, image, far).astype(np.float32), disc)
     opened = cv2.dilate(np.where(mask, eroded, -far).astype(np.float32), disc)
@@ -402,7 +402,7 @@ class ClassicalLesionPrior(LesionPriorBackend):
             # lung resting on the heart or mediastinum is not at its lower border: fluid does not layer there
             below_is_fluid_or_outside &= ~soft_tissue[y]
         effusion = evidence * filled
-        kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * margin + 1, 2 * margin + 1))
+        kernel = disk(2 * margin + 1)
         # The rim the map spills into lies below the lung outline: beside it is chest wall, which the fluid
         # does not cross (where a segmenter cut the lung at the fluid, the cut is its lower border).
         rim = cv2.dilate(frame.lungs.astype(np.uint8), kernel).astype(bool) & ~frame.lungs & ~soft_tissue

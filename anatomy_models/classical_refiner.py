@@ -14,6 +14,7 @@ import cv2
 import numpy as np
 
 from anatomy_models.base import MaskRefiner, register
+from transforms.masks import disk
 from transforms.records import Box, RefinedMask
 
 
@@ -78,7 +79,7 @@ class GrabCutRefiner(MaskRefiner):
         seed_in_box = crop_seed & in_box
         labels[seed_in_box] = cv2.GC_PR_FGD
         radius = int(round(self.core_erosion * side))
-        core = cv2.erode(seed_in_box.astype(np.uint8), cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1,) * 2)).astype(bool) if radius else seed_in_box
+        core = cv2.erode(seed_in_box.astype(np.uint8), disk(2 * radius + 1)).astype(bool) if radius else seed_in_box
         labels[core] = cv2.GC_FGD
 
         full = np.zeros((height, width), bool)

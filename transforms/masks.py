@@ -124,6 +124,13 @@ def below_lowest(mask: np.ndarray) -> np.ndarray:
     return (np.arange(mask.shape[0])[:, None] > lowest[None, :]) & (lowest[None, :] >= 0)
 
 
+def disk(diameter: float) -> np.ndarray:
+    """A disk structuring element of odd size (at least 3): an even-sized kernel's anchor is off centre, which
+    shifts every edge it touches."""
+    size = max(3, int(round(diameter)) | 1)
+    return cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (size, size))
+
+
 def dilate(mask: np.ndarray, radius_px: int) -> np.ndarray:
     """`mask` grown by a disc of `radius_px`: a distance transform costs the same for any radius (a disc
     kernel's cost grows with its area, and regions are dilated by tens of pixels). The 5x5 chamfer
