@@ -16,7 +16,7 @@ from apache_beam.utils import shared
 
 from anatomy_models.base import create as create_backend
 from schemas.config import PipelineConfig, StructuringConfig
-from schemas.vocab import Stage
+from schemas.vocab import Certainty, Presence, Stage
 from transforms.grounding import ImageToGround, empty_locations, ground_images
 from transforms.image_results import ImageResult, encode_groundings
 from transforms.images import MAX_IMAGE_PIXELS, decode_for_models
@@ -54,6 +54,7 @@ class ImageTask:
     study_id: str
     image: ImageRef
     findings: list[Finding]  # the study's present, definite findings: what this image should ground
+    suspected: list[Finding] = field(default_factory=list)  # its present, uncertain ones: context for grounding
     pixels: np.ndarray | None = None
     source_size: tuple[int, int] = (0, 0)
     anatomy: object = None
@@ -139,10 +140,12 @@ class ImageTasks(beam.DoFn):
 
     def process(self, item):
         study, findings = item
-        groundable = [f for f in findings if f.presence == "present" and f.certainty == "definite"]
+        present = [f for f in findings if f.presence == Presence.PRESENT.value]
+        groundable = [f for f in present if f.certainty == Certainty.DEFINITE.value]
+        suspected = [f for f in present if f.certainty == Certainty.UNCERTAIN.value]
         for image in study.images:
             if image.view_position in self._frontal_views:
-                yield ImageTask(study_id=study.study_id, image=image, findings=groundable)
+                yield ImageTask(study_id=study.study_id, image=image, findings=groundable, suspected=suspected)
             elif not (Path(self._root) / image.path).is_file():
                 missing = FileNotFoundError(f"image file listed in the metadata is missing: {image.path}")
                 yield beam.pvalue.TaggedOutput(ERRORS, error_record(Stage.READ, image.dicom_id, study.study_id,
@@ -236,7 +239,7 @@ class GroundAndVerify(_BackendStage):
         self._images = Metrics.counter(NAMESPACE, "images_grounded")
 
     def _ground(self, tasks: list[ImageTask]) -> list[list]:
-        items = [ImageToGround(t.findings, t.anatomy, t.prior, t.pixels, t.image.view_position) for t in tasks]
+        items = [ImageToGround(t.findings, t.anatomy, t.prior, t.pixels, t.image.view_position, t.suspected) for t in tasks]
         with timed(Stage.REFINE.value, len(tasks)):  # candidates, c1-c4, refinement, verification
             return ground_images(items, self._model, self._config.grounding)
 

@@ -246,3 +246,16 @@ def test_repeated_mentions_are_grounded_once_and_keep_their_own_finding(toy_anat
     assert refiner.boxes == 1
     assert first.finding is in_findings and second.finding is in_impression
     assert np.array_equal(first.mask, second.mask) and first.grounded_locations == second.grounded_locations
+
+
+def test_image_tasks_ground_definite_findings_and_carry_suspected_ones_as_context(tmp_path):
+    from pipeline.dag import ImageTasks
+    from transforms.records import ImageRef, Study
+
+    frontal = ImageRef("d1", "files/p10/p10000001/s50000001/d1.jpg", "PA")
+    study = Study("50000001", "10000001", "train", None, images=(frontal,))
+    definite = make_finding("pneumonia", ["right lung base"])
+    suspected = make_finding("effusion", ["right lung"], certainty="uncertain")
+    absent = make_finding("edema", presence="absent")
+    (task,) = ImageTasks(str(tmp_path), ["PA", "AP"]).process((study, [definite, suspected, absent]))
+    assert task.findings == [definite] and task.suspected == [suspected]

@@ -10,14 +10,15 @@ import cv2
 import numpy as np
 import pytest
 
+from anatomy_models.base import create as create_backend
 from anatomy_models.classical_anatomy import RETROCARDIAC_LUNG
 from anatomy_models.classical_prior import ClassicalLesionPrior, masked_opening
 from anatomy_models.random_weights import save_random_densenet
 from anatomy_models.zones import lung_regions
 from conftest import make_finding
 from pipeline.config import load_config
-from schemas.vocab import LUNG_BY_SIDE, ZONES_BY_SIDE, LesionType, Location
-from transforms.grounding import behind_reported_fluid
+from schemas.vocab import LUNG_BY_SIDE, ZONES_BY_SIDE, DiscardReason, LesionType, Location
+from transforms.grounding import ImageToGround, behind_reported_fluid, ground_images
 from transforms.masks import lowest_rows
 from transforms.records import AnatomyResult
 
@@ -191,6 +192,29 @@ def test_fluid_above_an_undense_lung_rim_is_effusion_and_hides_the_lung_behind_i
     seen = behind_reported_fluid(reported, anatomy, result, load_config("classical").config.grounding)
     for focal in ("opacity", "pneumonia", "consolidation", "atelectasis"):
         assert seen.maps[focal][fluid].mean() < 0.2, focal
+
+
+def test_suspected_fluid_hides_the_lung_behind_it_from_a_reported_pneumonia(prior):
+    """"Effusion is suspected" is not grounded, but the reader saw fluid-like density there: a pneumonia reported at
+    that base is not grounded on it."""
+    image, anatomy = frontal_phantom()
+    right = anatomy.masks["right lung"]
+    rows = np.flatnonzero(right.any(axis=1))
+    yy, _ = np.mgrid[: image.shape[0], : image.shape[1]]
+    fluid = right & (yy >= rows[-1] - 0.3 * (rows[-1] - rows[0])) & (yy < lowest_rows(right)[None, :] - 4)
+    film = to_uint8(add_lesion(image, fluid, density=0.45))
+    (result,) = prior.predict([film], [anatomy])
+    config = load_config("classical").config.grounding
+    refiner = create_backend("refiner", "classical")
+    refiner.load()
+    pneumonia = make_finding("pneumonia", ["right lung base"])
+    suspected = make_finding("effusion", ["right lung"], certainty="uncertain")
+
+    (unexplained,), (explained,) = ground_images([ImageToGround([pneumonia], anatomy, result, film, "PA"),
+                                                  ImageToGround([pneumonia], anatomy, result, film, "PA", [suspected])],
+                                                 refiner, config)
+    assert (unexplained.mask & fluid).sum() > 0.9 * unexplained.mask.sum()
+    assert explained.mask is None and explained.discard == DiscardReason.NO_PRIOR_SIGNAL
 
 
 def test_fluid_reaches_the_unaerated_base_behind_the_heart_border(prior):

@@ -334,8 +334,9 @@ def empty_locations(prior: LesionPrior, anatomy: AnatomyResult, config: Groundin
 def behind_reported_fluid(findings: list[Finding], anatomy: AnatomyResult, prior: LesionPrior,
                           config: GroundingConfig) -> LesionPrior:
     """The prior with `behind_fluid` maps faded where the effusion map is strong, in the lungs of the sides where the
-    report names effusion: lung behind fluid is not seen, and the density there is the fluid's. Where the report names
-    no fluid, a dense base is as likely the reported lesion itself, so nothing fades."""
+    report names effusion (definite or suspected: either way the reader saw fluid-like density there): lung behind
+    fluid is not seen, and the density there is the fluid's. Where the report names no fluid, a dense base is as
+    likely the reported lesion itself, so nothing fades."""
     effusion = prior.maps.get(LesionType.EFFUSION.value)
     sides = {side for f in findings if f.entity == LesionType.EFFUSION.value for side in _sides_of(f.reported_locations)}
     lungs = [anatomy.masks.get(LUNG_BY_SIDE[side].value) for side in sides]
@@ -359,6 +360,7 @@ class ImageToGround:
     prior: LesionPrior
     image: np.ndarray
     view: str = ""  # 'PA', 'AP', '' when unknown
+    suspected: list[Finding] = field(default_factory=list)  # present but hedged: not grounded, but context
 
 
 def ground_images(images: list[ImageToGround], refiner, config: GroundingConfig) -> list[list[Grounding]]:
@@ -367,10 +369,10 @@ def ground_images(images: list[ImageToGround], refiner, config: GroundingConfig)
 
     Mentions of one lesion type at the same locations (findings and impression often repeat each other)
     ground to the same mask: each distinct one is grounded once and its result shared. An image's findings are
-    all its groundable findings: reported fluid hides the lung behind it from the others."""
+    all its groundable findings: reported fluid, with suspected fluid, hides the lung behind it from the others."""
     plans = []
     for item in images:
-        prior = behind_reported_fluid(item.findings, item.anatomy, item.prior, config)
+        prior = behind_reported_fluid(item.findings + item.suspected, item.anatomy, item.prior, config)
         distinct = {}
         for finding in item.findings:
             distinct.setdefault((finding.entity, finding.reported_locations), finding)
