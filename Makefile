@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DEMO_OUT ?= demo-output
 
-.PHONY: setup demo test bench eval-nlp eval-anatomy eval-grounding clean
+.PHONY: setup demo test bench eval-nlp eval-anatomy eval-grounding eval-vision clean
 
 setup: $(STAMP)
 
@@ -34,6 +34,9 @@ eval-anatomy: setup
 
 eval-grounding: setup
 	$(PY) bench/eval_grounding.py --studies 60 --seed 1
+
+eval-vision: setup  # the vision stages alone, on the true findings of five corpora (pooled table last)
+	$(PY) bench/eval_grounding.py --vision-only --studies 40 --seed 0 1 2 5 7
 
 clean:
 	rm -rf $(DEMO_OUT) .pytest_cache

@@ -3,12 +3,18 @@
     .venv/bin/python bench/eval_grounding.py [--studies 40] [--seed 0] [--config classical]
     .venv/bin/python bench/eval_grounding.py --seed 0 1 2 5             # one table per corpus, then pooled
     .venv/bin/python bench/eval_grounding.py --corpus ROOT --run OUT      # score an existing run
+    .venv/bin/python bench/eval_grounding.py --vision-only --seed 0 1 2 5 # the true findings, vision stages only
 
 Per lesion type: visible true lesions reported as definite that became positives (recall; uncertain ones are
 neither positives nor negatives by policy), IoU of the positive mask with the true mask, reported-but-invisible
 findings that were discarded, positives on images without that lesion, positive pairs whose locations hold at
 least 10 % of the true lesion (loc ok), and negatives that the ground truth contradicts. With several seeds, the
 counts of all corpora are pooled into a last table: single small corpora move by several points between seeds.
+
+`--vision-only` leaves the reports out: each frontal image's true findings (present; definite ones grounded, hedged
+ones as context, each type once per image at its true locations) go through the configured anatomy, lesion prior,
+and grounding, at the working size. It separates what the vision stages lose from what report reading loses, and
+prints why each missed visible lesion was discarded.
 """
 from __future__ import annotations
 
@@ -21,12 +27,18 @@ import cv2
 import numpy as np
 import pyarrow.parquet as pq
 
+from anatomy_models.base import create as create_backend
 from pipeline.config import load_config
+from pipeline.corpus import index_corpus
 from pipeline.run import run_pipeline
 from pipeline.synth import synthesize_corpus
 from pipeline.writers import read_table
-from schemas.vocab import LesionType
-from transforms.masks import decode_rle
+from schemas.config import PipelineConfig
+from schemas.vocab import Certainty, LesionType, Presence
+from transforms.grounding import ImageToGround, ground_images
+from transforms.images import decode_for_models
+from transforms.masks import decode_rle, resize_mask
+from transforms.records import Finding
 
 
 def _png(path: Path) -> np.ndarray | None:
@@ -100,6 +112,71 @@ def score(corpus: Path, run: Path) -> dict[str, dict[str, float]]:
     return rows
 
 
+def _true_finding(row: dict) -> Finding:
+    return Finding(finding_id=f"{row['dicom_id']}-{row['target']}", report_id=row["study_id"], study_id=row["study_id"],
+                   section="truth", sent_idx=0, sentence="", entity=row["target"], presence=row["presence"],
+                   certainty=row["certainty"], reported_locations=tuple(row["locations"]), mention=row["target"],
+                   char_start=0, char_end=0, structurer="ground truth")
+
+
+def score_vision_only(corpus: Path, config: PipelineConfig) -> dict[str, dict[str, float]]:
+    """Recall, IoU (at the working size) and invisible findings discarded, from the true findings of each frontal image."""
+    truth = pq.read_table(corpus / "ground_truth" / "findings.parquet").to_pylist()
+    images = {image.dicom_id: image for study in index_corpus(corpus, config.corpus).studies for image in study.images}
+    by_image: dict[str, dict[str, dict]] = defaultdict(dict)
+    for row in truth:
+        if row["dicom_id"] and row["presence"] == Presence.PRESENT.value:
+            kept = by_image[row["dicom_id"]].get(row["target"])
+            if kept is None or (kept["certainty"] != Certainty.DEFINITE.value and row["certainty"] == Certainty.DEFINITE.value):
+                by_image[row["dicom_id"]][row["target"]] = row  # one lesion per type per image, definite if reported so
+    backends = [create_backend(kind, section.backend, **section.options)
+                for kind, section in (("anatomy", config.anatomy), ("lesion_prior", config.lesion_prior),
+                                      ("refiner", config.refiner))]
+    for backend in backends:
+        backend.load()
+    anatomy_model, prior_model, refiner = backends
+    rows: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
+    for dicom_id, by_type in sorted(by_image.items()):
+        image = images[dicom_id]
+        pixels, _ = decode_for_models(corpus / image.path, config.vision.work_size)
+        (anatomy,) = anatomy_model.segment([pixels])
+        (prior,) = prior_model.predict([pixels], [anatomy])
+        findings = [_true_finding(r) for r in by_type.values() if r["certainty"] == Certainty.DEFINITE.value]
+        suspected = [_true_finding(r) for r in by_type.values() if r["certainty"] != Certainty.DEFINITE.value]
+        (groundings,) = ground_images([ImageToGround(findings, anatomy, prior, pixels, image.view_position, suspected)],
+                                      refiner, config.grounding)
+        for grounding in groundings:
+            target, row = grounding.finding.entity, rows[grounding.finding.entity]
+            if not by_type[target]["visible"]:
+                row["invisible"] += 1
+                row["invisible_discarded"] += grounding.mask is None
+                continue
+            row["visible"] += 1
+            if grounding.mask is None:
+                row[f"missed: {grounding.discard.value}"] += 1
+                continue
+            row["grounded"] += 1
+            true = resize_mask(_png(corpus / "ground_truth" / "masks" / dicom_id / f"{target}.png"), *pixels.shape)
+            row["iou_sum"] += float((true & grounding.mask).sum() / max((true | grounding.mask).sum(), 1))
+    return rows
+
+
+def print_vision_table(rows) -> None:
+    print(f"{'lesion':<14}{'visible':>8}{'recall':>8}{'mIoU':>7}{'invis.':>8}{'discard%':>9}  missed visible, by reason")
+    totals: dict[str, float] = defaultdict(float)
+    for target in [t.value for t in LesionType] + ["all"]:
+        r = totals if target == "all" else rows.get(target, {})
+        if target != "all":
+            for k, v in r.items():
+                totals[k] += v
+        vis, grounded, inv = r.get("visible", 0), r.get("grounded", 0), r.get("invisible", 0)
+        missed = {k.split(": ")[1]: int(v) for k, v in sorted(r.items()) if k.startswith("missed: ")}
+        print(f"{target:<14}{vis:>8.0f}{grounded / vis if vis else float('nan'):>8.2f}"
+              f"{r.get('iou_sum', 0) / grounded if grounded else float('nan'):>7.2f}{inv:>8.0f}"
+              f"{100 * r.get('invisible_discarded', 0) / inv if inv else float('nan'):>9.0f}  "
+              f"{', '.join(f'{k} {v}' for k, v in missed.items())}")
+
+
 def print_table(rows) -> None:
     header = (f"{'lesion':<14}{'visible':>8}{'recall':>8}{'mIoU':>7}{'invis.':>8}{'discard%':>9}{'pos':>6}{'FP%':>6}"
               f"{'loc ok%':>8}{'neg':>6}{'bad neg':>8}")
@@ -136,25 +213,32 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[])
     parser.add_argument("--corpus", type=Path)
     parser.add_argument("--run", type=Path)
+    parser.add_argument("--vision-only", action="store_true", help="ground the true findings; no report reading")
     args = parser.parse_args()
-    if args.corpus and args.run:
-        print_table(score(args.corpus, args.run))
+    config = load_config(args.config, args.set)
+    table = print_vision_table if args.vision_only else print_table
+    if args.corpus and (args.run or args.vision_only):
+        table(score_vision_only(args.corpus, config.config) if args.vision_only else score(args.corpus, args.run))
         return
     pooled: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
     for seed in args.seed:
         with tempfile.TemporaryDirectory() as tmp:
             corpus, run = Path(tmp) / "corpus", Path(tmp) / "run"
             synthesize_corpus(corpus, args.studies, seed=seed)
-            run_pipeline(corpus, run, load_config(args.config, args.set), overwrite=True)
-            print(f"{args.studies} synthetic studies, seed {seed}, config {args.config} {' '.join(args.set)}")
-            rows = score(corpus, run)
-            print_table(rows)
+            if args.vision_only:
+                rows = score_vision_only(corpus, config.config)
+            else:
+                run_pipeline(corpus, run, config, overwrite=True)
+                rows = score(corpus, run)
+            print(f"{args.studies} synthetic studies, seed {seed}, config {args.config} {' '.join(args.set)}"
+                  f"{' (vision only)' if args.vision_only else ''}")
+            table(rows)
         for target, row in rows.items():
             for key, value in row.items():
                 pooled[target][key] += value
     if len(args.seed) > 1:
         print(f"pooled: {len(args.seed)} corpora of {args.studies} studies, seeds {' '.join(map(str, args.seed))}")
-        print_table(pooled)
+        table(pooled)
 
 
 if __name__ == "__main__":
