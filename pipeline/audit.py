@@ -21,8 +21,8 @@ import numpy as np
 from pipeline.corpus import image_path as mimic_image_path
 from pipeline.writers import read_table
 from schemas.config import FusionRule, PipelineConfig
-from schemas.vocab import LesionType
-from transforms.grounding import reported_region
+from schemas.vocab import LesionType, Presence
+from transforms.grounding import behind_reported_fluid, reported_region
 from transforms.images import decode_for_models
 from transforms.masks import decode_rle, resize_mask
 from transforms.records import AnatomyResult, Finding, LesionPrior
@@ -181,8 +181,10 @@ def _thumbnail(canvas: np.ndarray) -> np.ndarray:
 
 
 def write_thumbnails(items: list[AuditItem], config: PipelineConfig, corpus_root: Path, thumbs_dir: Path,
-                     image_paths: dict[str, str], subjects: dict[str, str]) -> None:
-    """One JPEG per item with an image; each image decoded and run through the models once."""
+                     image_paths: dict[str, str], subjects: dict[str, str],
+                     present: dict[str, list[Finding]] | None = None) -> None:
+    """One JPEG per item with an image; each image decoded and run through the models once. `present`: each study's
+    present findings, whose reported fluid hides the lung behind it as it did when the run grounded them."""
     thumbs_dir.mkdir(parents=True, exist_ok=True)
     source = OverlaySource(config, corpus_root)
     by_image: dict[str, list[AuditItem]] = defaultdict(list)
@@ -202,6 +204,8 @@ def write_thumbnails(items: list[AuditItem], config: PipelineConfig, corpus_root
                 item.note = f"image {relative} could not be read ({type(exc).__name__})"
             continue
         anatomy, prior = source.maps(image)
+        if anatomy is not None and prior is not None:
+            prior = behind_reported_fluid((present or {}).get(study_id, []), anatomy, prior, config.grounding)
         for item in group:
             region = None
             if anatomy is not None and item.finding is not None:
@@ -428,9 +432,13 @@ def write_audit(run_dir: Path, corpus_root: Path | None = None, output: Path | N
     findings = {f["finding_id"]: f for f in rows("findings")}
     masks = {m["mask_id"]: m for m in rows("masks")}
     items = select_items(discarded, findings, pairs, masks, page_size)
+    present: dict[str, list[Finding]] = defaultdict(list)
+    for finding in findings.values():
+        if finding["presence"] == Presence.PRESENT.value:
+            present[finding["study_id"]].append(_finding_record(finding))
     write_thumbnails(items, config, corpus_root, output.parent / THUMBS_DIR,
                      {p["dicom_id"]: p["image_path"] for p in pairs},
-                     {s["study_id"]: s["subject_id"] for s in studies})
+                     {s["study_id"]: s["subject_id"] for s in studies}, present)
     counts = {"studies": len(studies), "pairs": len(pairs),
               "positive pairs": sum(1 for p in pairs if p["is_positive"]), "masks": len(masks),
               "findings": len(findings), "discarded": len(discarded)}

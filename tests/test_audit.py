@@ -5,11 +5,17 @@ import re
 import shutil
 import subprocess
 from collections import Counter
+from dataclasses import asdict
 
+import cv2
 import numpy as np
 import pytest
+from conftest import make_finding
+from test_lesion_prior import film_with_right_basal_fluid
 
-from pipeline.audit import ACCEPTED, render_overlay, write_audit
+from anatomy_models.classical_prior import ClassicalLesionPrior
+from pipeline.audit import ACCEPTED, AuditItem, OverlaySource, render_overlay, write_audit, write_thumbnails
+from pipeline.config import load_config
 from pipeline.writers import read_table
 
 
@@ -84,3 +90,27 @@ def test_page_renders_in_headless_chromium_without_console_errors(audit_page, tm
     screenshot = tmp_path / "audit.png"
     shot = _chromium(tmp_path, "--window-size=1400,1800", f"--screenshot={screenshot}", url)
     assert shot.returncode == 0 and screenshot.stat().st_size > 10_000
+
+
+def test_overlay_shows_the_prior_as_grounding_saw_it_behind_reported_fluid(tmp_path, monkeypatch):
+    """A pneumonia discarded at a base where the report names fluid: its overlay must not show the prior that the
+    fluid hid from grounding, or the picture contradicts the recorded reason."""
+    film, anatomy, fluid = film_with_right_basal_fluid()
+    (corpus := tmp_path / "corpus").mkdir()
+    cv2.imwrite(str(corpus / "film.png"), film)
+    (prior,) = ClassicalLesionPrior().predict([film], [anatomy])
+    monkeypatch.setattr(OverlaySource, "maps", lambda self, pixels: (anatomy, prior))
+    pneumonia = make_finding("pneumonia", ["right lung base"])
+    row = asdict(pneumonia) | {"reported_locations": list(pneumonia.reported_locations)}
+    item = AuditItem(kind="discarded", reason="no_prior_signal", target="pneumonia", study_id=pneumonia.study_id,
+                     dicom_id="film", finding=row, details={})
+    suspected = make_finding("effusion", ["right lung"], certainty="uncertain")
+    config = load_config("classical").config
+    pictures = {}
+    for name, present in (("fluid not reported", {}), ("fluid reported", {pneumonia.study_id: [pneumonia, suspected]})):
+        write_thumbnails([item], config, corpus, tmp_path / name, {"film": "film.png"}, {}, present)
+        pictures[name] = cv2.imread(str(tmp_path / name / f"{item.key}.jpg")).astype(float)
+    change = np.abs(pictures["fluid not reported"] - pictures["fluid reported"]).mean(axis=2)
+    plain = cv2.cvtColor(film, cv2.COLOR_GRAY2BGR).astype(float)
+    assert change[fluid].mean() > 20  # the heat over the fluid is gone ...
+    assert np.abs(pictures["fluid reported"] - plain).mean(axis=2)[fluid].mean() < 10  # ... leaving the film itself

@@ -178,15 +178,20 @@ def test_effusion_concentrates_at_the_base(prior):
     assert effusion[ring & ~below].max() == 0
 
 
-def test_fluid_above_an_undense_lung_rim_is_effusion_and_hides_the_lung_behind_it_once_reported(prior):
+def film_with_right_basal_fluid() -> tuple[np.ndarray, AnatomyResult, np.ndarray]:
+    """(film, anatomy, fluid): fluid over the right lung's lower 30 %, above an undense rim (the lung field's outline
+    reaches a few pixels past the fluid's floor, as a lung mask's edge dilation does)."""
     image, anatomy = frontal_phantom()
     right = anatomy.masks["right lung"]
     rows = np.flatnonzero(right.any(axis=1))
     yy, _ = np.mgrid[: image.shape[0], : image.shape[1]]
-    lowest = lowest_rows(right)
-    # the lung field's outline reaches a few pixels past the fluid's floor (as a lung mask's edge dilation does)
-    fluid = right & (yy >= rows[-1] - 0.3 * (rows[-1] - rows[0])) & (yy < lowest[None, :] - 4)
-    (result,) = prior.predict([to_uint8(add_lesion(image, fluid, density=0.45))], [anatomy])
+    fluid = right & (yy >= rows[-1] - 0.3 * (rows[-1] - rows[0])) & (yy < lowest_rows(right)[None, :] - 4)
+    return to_uint8(add_lesion(image, fluid, density=0.45)), anatomy, fluid
+
+
+def test_fluid_above_an_undense_lung_rim_is_effusion_and_hides_the_lung_behind_it_once_reported(prior):
+    film, anatomy, fluid = film_with_right_basal_fluid()
+    (result,) = prior.predict([film], [anatomy])
     assert result.maps["effusion"][fluid].mean() > 0.4
     reported = [make_finding("effusion", ["right lung"])]
     seen = behind_reported_fluid(reported, anatomy, result, load_config("classical").config.grounding)
@@ -197,12 +202,7 @@ def test_fluid_above_an_undense_lung_rim_is_effusion_and_hides_the_lung_behind_i
 def test_suspected_fluid_hides_the_lung_behind_it_from_a_reported_pneumonia(prior):
     """"Effusion is suspected" is not grounded, but the reader saw fluid-like density there: a pneumonia reported at
     that base is not grounded on it."""
-    image, anatomy = frontal_phantom()
-    right = anatomy.masks["right lung"]
-    rows = np.flatnonzero(right.any(axis=1))
-    yy, _ = np.mgrid[: image.shape[0], : image.shape[1]]
-    fluid = right & (yy >= rows[-1] - 0.3 * (rows[-1] - rows[0])) & (yy < lowest_rows(right)[None, :] - 4)
-    film = to_uint8(add_lesion(image, fluid, density=0.45))
+    film, anatomy, fluid = film_with_right_basal_fluid()
     (result,) = prior.predict([film], [anatomy])
     config = load_config("classical").config.grounding
     refiner = create_backend("refiner", "classical")
@@ -215,6 +215,9 @@ def test_suspected_fluid_hides_the_lung_behind_it_from_a_reported_pneumonia(prio
                                                  refiner, config)
     assert (unexplained.mask & fluid).sum() > 0.9 * unexplained.mask.sum()
     assert explained.mask is None and explained.discard == DiscardReason.NO_PRIOR_SIGNAL
+    # the audit trail says why the dense base gave no candidate
+    assert "prior_hidden_by_fluid" not in unexplained.details
+    assert explained.details["prior_hidden_by_fluid"] > 0.5
 
 
 def test_fluid_reaches_the_unaerated_base_behind_the_heart_border(prior):

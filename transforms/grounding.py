@@ -351,6 +351,19 @@ def behind_reported_fluid(findings: list[Finding], anatomy: AnatomyResult, prior
     return replace(prior, maps=maps)
 
 
+def _record_fading(selection: Selection, before: LesionPrior, after: LesionPrior) -> None:
+    """The share of the finding's prior mass in its reported region that reported fluid hid, in its details: an
+    auditor sees why a dense region the image shows gave no candidate."""
+    target, region = selection.finding.entity, selection.region
+    if after is before or region is None or not region.any():
+        return
+    shown = float(before.maps[target][region].sum())
+    if shown > 0:
+        hidden = 1.0 - float(after.maps[target][region].sum()) / shown
+        if hidden > 0:
+            selection.details["prior_hidden_by_fluid"] = round(hidden, 4)
+
+
 @dataclass(frozen=True)
 class ImageToGround:
     """One image's groundable findings with what grounding needs of it."""
@@ -377,6 +390,8 @@ def ground_images(images: list[ImageToGround], refiner, config: GroundingConfig)
         for finding in item.findings:
             distinct.setdefault((finding.entity, finding.reported_locations), finding)
         selections = [select_candidates(f, item.anatomy, prior, config, item.view) for f in distinct.values()]
+        for selection in selections:
+            _record_fading(selection, item.prior, prior)
         # only types whose rule refines send their candidates to the refiner (the others keep the prior's components)
         to_refine = [s.kept if _rule(config, s.finding.entity).refine else [] for s in selections]
         plans.append((prior, distinct, selections, to_refine))
