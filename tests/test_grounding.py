@@ -259,3 +259,29 @@ def test_image_tasks_ground_definite_findings_and_carry_suspected_ones_as_contex
     absent = make_finding("edema", presence="absent")
     (task,) = ImageTasks(str(tmp_path), ["PA", "AP"]).process((study, [definite, suspected, absent]))
     assert task.findings == [definite] and task.suspected == [suspected]
+
+
+class ShrinkingRefiner(MaskRefiner):
+    """Confidently returns a few pixels of each candidate."""
+
+    name = "shrinking"
+
+    def refine(self, image, boxes, seeds):
+        masks = []
+        for seed in seeds:
+            mask = np.zeros_like(seed)
+            ys, xs = np.nonzero(seed)
+            mask[ys[:3], xs[:3]] = True
+            masks.append(RefinedMask(mask=mask, score=0.9))
+        return masks
+
+
+def test_a_mask_that_refinement_shrinks_below_the_minimum_area_is_discarded(toy_anatomy, grounding_config):
+    prior = toy_prior({"consolidation": blob(150, 60, 12)})
+    finding = make_finding("consolidation", ["right lung base"])
+    image = np.zeros((200, 200), np.uint8)
+    (kept,) = ground_findings([finding], toy_anatomy, prior, image, EchoRefiner(), grounding_config)
+    assert kept.discard is None and kept.details["mask_area_fraction"] >= grounding_config.min_area_fraction
+    (shrunk,) = ground_findings([finding], toy_anatomy, prior, image, ShrinkingRefiner(), grounding_config)
+    assert shrunk.mask is None and shrunk.discard == DiscardReason.BELOW_MIN_AREA and shrunk.stage == Stage.REFINE
+    assert shrunk.details["mask_area_fraction"] < grounding_config.min_area_fraction

@@ -304,6 +304,12 @@ def fuse_and_verify(selection: Selection, refined: list[RefinedMask], anatomy: A
     details = dict(selection.details)
     if not mask.any():
         return Grounding(finding, None, discard=DiscardReason.REFINEMENT_EMPTY, stage=Stage.REFINE, details=details)
+    if selection.direct_mask is None:
+        # c4 holds for the mask the dataset keeps, not only for the candidates: refinement and clipping can shrink it
+        lungs = anatomy.masks.get(Location.LUNG.value)
+        details["mask_area_fraction"] = round(float(mask.sum()) / max(float(lungs.sum()), 1.0), 5)
+        if details["mask_area_fraction"] < config.min_area_fraction:
+            return Grounding(finding, None, discard=DiscardReason.BELOW_MIN_AREA, stage=Stage.REFINE, details=details)
     grounded, unreached = verify_locations(mask, finding, anatomy, config)
     details["location_coverage"] = {loc: round(_coverage(mask, _location_region(anatomy, loc, _rule(config, finding.entity))), 4)
                                     for loc in (finding.reported_locations or ())}
