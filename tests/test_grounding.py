@@ -84,29 +84,37 @@ def test_types_that_do_not_refine_never_reach_the_refiner(toy_anatomy, grounding
     assert all(g.mask is not None and g.source == prior.backend for g in out)
 
 
-class DriftingRefiner(MaskRefiner):
-    """Returns a sliver far from each candidate with a low agreement score, as a refiner that lost the lesion."""
+class SliverRefiner(MaskRefiner):
+    """Returns the same few pixels for every candidate, with the given agreement score."""
 
-    name = "drifting"
+    name = "sliver"
+
+    def __init__(self, rows: slice, columns: slice, score: float):
+        self.rows, self.columns, self.score = rows, columns, score
 
     def refine(self, image, boxes, seeds):
         out = []
         for seed in seeds:
             sliver = np.zeros_like(seed, dtype=bool)
-            sliver[60:62, 20:24] = True
-            out.append(RefinedMask(mask=sliver, score=0.05))
+            sliver[self.rows, self.columns] = True
+            out.append(RefinedMask(mask=sliver, score=self.score))
         return out
+
+
+def drifting_refiner() -> SliverRefiner:
+    """A sliver far from each candidate with a low agreement score, as a refiner that lost the lesion."""
+    return SliverRefiner(slice(60, 62), slice(20, 24), 0.05)
 
 
 def test_refined_mask_that_left_its_candidate_falls_back_to_the_prior_component(toy_anatomy, grounding_config):
     prior = toy_prior({"opacity": blob(150, 60, 12)})
     finding = make_finding("opacity", ["right lung base"])
     image = np.zeros((200, 200), np.uint8)
-    (g,) = ground_findings([finding], toy_anatomy, prior, image, DriftingRefiner(), grounding_config)
+    (g,) = ground_findings([finding], toy_anatomy, prior, image, drifting_refiner(), grounding_config)
     assert g.mask[150, 60] and not g.mask[60:62, 20:24].any()
     trusting = grounding_config.model_copy(deep=True)
     trusting.fusion[LesionType.OPACITY].min_refine_score = 0.0
-    (g,) = ground_findings([finding], toy_anatomy, prior, image, DriftingRefiner(), trusting)
+    (g,) = ground_findings([finding], toy_anatomy, prior, image, drifting_refiner(), trusting)
     assert g.discard is not None or not g.mask[150, 60]
 
 
@@ -261,27 +269,14 @@ def test_image_tasks_ground_definite_findings_and_carry_suspected_ones_as_contex
     assert task.findings == [definite] and task.suspected == [suspected]
 
 
-class ShrinkingRefiner(MaskRefiner):
-    """Confidently returns a few pixels of each candidate."""
-
-    name = "shrinking"
-
-    def refine(self, image, boxes, seeds):
-        masks = []
-        for seed in seeds:
-            mask = np.zeros_like(seed)
-            ys, xs = np.nonzero(seed)
-            mask[ys[:3], xs[:3]] = True
-            masks.append(RefinedMask(mask=mask, score=0.9))
-        return masks
-
-
 def test_a_mask_that_refinement_shrinks_below_the_minimum_area_is_discarded(toy_anatomy, grounding_config):
     prior = toy_prior({"consolidation": blob(150, 60, 12)})
     finding = make_finding("consolidation", ["right lung base"])
     image = np.zeros((200, 200), np.uint8)
     (kept,) = ground_findings([finding], toy_anatomy, prior, image, EchoRefiner(), grounding_config)
     assert kept.discard is None and kept.details["mask_area_fraction"] >= grounding_config.min_area_fraction
-    (shrunk,) = ground_findings([finding], toy_anatomy, prior, image, ShrinkingRefiner(), grounding_config)
+    # a confident refiner that keeps only a few pixels of the candidate
+    shrinking = SliverRefiner(slice(149, 151), slice(59, 62), 0.9)
+    (shrunk,) = ground_findings([finding], toy_anatomy, prior, image, shrinking, grounding_config)
     assert shrunk.mask is None and shrunk.discard == DiscardReason.BELOW_MIN_AREA and shrunk.stage == Stage.REFINE
     assert shrunk.details["mask_area_fraction"] < grounding_config.min_area_fraction
