@@ -95,6 +95,13 @@ def register(kind: str, name: str):
     return wrap
 
 
+def load_backend(kind: str, name: str, **options: Any):
+    """`create`, then its weights loaded: ready to run."""
+    model = create(kind, name, **options)
+    model.load()
+    return model
+
+
 def create(kind: str, name: str, **options: Any):
     """Build the backend `name` of `kind` ('anatomy', 'lesion_prior', 'refiner') with its config options."""
     from anatomy_models.backends import BACKEND_MODULES

@@ -27,7 +27,7 @@ sys.path.insert(0, str(REPO))
 
 from common import base_corpus, bench_finding, load  # noqa: E402
 
-from anatomy_models.base import create  # noqa: E402
+from anatomy_models.base import load_backend  # noqa: E402
 from anatomy_models.weights import Precision  # noqa: E402
 from anatomy_models.random_weights import (  # noqa: E402
     save_random_cxas, save_random_densenet, save_random_pspnet, save_random_sam)
@@ -42,10 +42,8 @@ def _inputs(root: Path, config, limit: int):
     """Decoded frontal images, their classical anatomy and classical prior, and the kept candidates' boxes."""
     paths = [root / i.path for s in index_corpus(root).studies for i in s.images
              if i.view_position in config.corpus.frontal_views][:limit]
-    anatomy_model = create("anatomy", "classical")
-    prior_model = create("lesion_prior", "classical")
-    anatomy_model.load()
-    prior_model.load()
+    anatomy_model = load_backend("anatomy", "classical")
+    prior_model = load_backend("lesion_prior", "classical")
     cases = []
     for path in paths:
         pixels, _ = decode_for_models(path, config.vision.work_size)
@@ -108,28 +106,24 @@ def measure(root: Path, n_images: int, n_sam_images: int, sam_types: list[str], 
     save_random_pspnet(weights_dir)
     learned = {"weights_dir": str(weights_dir), "device": device, "precision": precision}
     for backend, options in (("classical", {}), ("cxas", learned), ("pspnet", learned)):
-        anatomy = create("anatomy", backend, **options)
-        anatomy.load()
+        anatomy = load_backend("anatomy", backend, **options)
         rows.append(_row("anatomy", backend, "cpu" if backend == "classical" else _device(device),
                          _time_per_batch(lambda b: anatomy.segment([c[0] for c in b]), cases, batch), batch=batch,
                          precision=_dtype_name(getattr(anatomy, "precision", None))))
 
-    classical_prior = create("lesion_prior", "classical")
-    classical_prior.load()
+    classical_prior = load_backend("lesion_prior", "classical")
     rows.append(_row("lesion prior", "classical", "cpu",
                      _time_per_batch(lambda b: classical_prior.predict([c[0] for c in b], [c[1] for c in b]),
                                      cases, batch), batch=batch))
 
     save_random_densenet(weights_dir)
-    xrv_prior = create("lesion_prior", "xrv", weights_dir=str(weights_dir), device=device)
-    xrv_prior.load()
+    xrv_prior = load_backend("lesion_prior", "xrv", weights_dir=str(weights_dir), device=device)
     rows.append(_row("lesion prior", "xrv", _device(device),
                      _time_per_batch(lambda b: xrv_prior.predict([c[0] for c in b], [c[1] for c in b]),
                                      cases, batch), batch=batch))
 
     boxes_per_image = statistics.mean(len(c[2]) for c in cases)
-    grabcut = create("refiner", "classical", **config.refiner.options)
-    grabcut.load()
+    grabcut = load_backend("refiner", "classical", **config.refiner.options)
     rows.append(_row("refine", "classical", "cpu", _time_per_image(lambda c: grabcut.refine(c[0], c[2], c[3]), cases),
                      boxes_per_image=round(boxes_per_image, 1)))
 
@@ -137,9 +131,8 @@ def measure(root: Path, n_images: int, n_sam_images: int, sam_types: list[str], 
     if not sam_cases:
         print("refine sam: no image with a kept candidate among those timed (raise --images)")
     for model_type in sam_types if sam_cases else ():
-        sam = create("refiner", "sam", checkpoint=str(save_random_sam(weights_dir, model_type)),
-                     model_type=model_type, device=device, precision=precision)
-        sam.load()
+        sam = load_backend("refiner", "sam", checkpoint=str(save_random_sam(weights_dir, model_type)),
+                           model_type=model_type, device=device, precision=precision)
         encoded = []  # images through the image encoder
         sam._predictor.model.image_encoder.register_forward_hook(lambda module, args, out: encoded.append(out.shape[0]))
         boxes_per_image = round(statistics.mean(len(c[2]) for c in sam_cases), 1)

@@ -27,7 +27,7 @@ import cv2
 import numpy as np
 import pyarrow.parquet as pq
 
-from anatomy_models.base import create as create_backend
+from anatomy_models.base import load_backend
 from pipeline.config import load_config
 from pipeline.corpus import index_corpus
 from pipeline.run import run_pipeline
@@ -129,12 +129,8 @@ def score_vision_only(corpus: Path, config: PipelineConfig) -> dict[str, dict[st
             kept = by_image[row["dicom_id"]].get(row["target"])
             if kept is None or (kept["certainty"] != Certainty.DEFINITE.value and row["certainty"] == Certainty.DEFINITE.value):
                 by_image[row["dicom_id"]][row["target"]] = row  # one lesion per type per image, definite if reported so
-    backends = [create_backend(kind, section.backend, **section.options)
-                for kind, section in (("anatomy", config.anatomy), ("lesion_prior", config.lesion_prior),
-                                      ("refiner", config.refiner))]
-    for backend in backends:
-        backend.load()
-    anatomy_model, prior_model, refiner = backends
+    anatomy_model, prior_model, refiner = (load_backend(kind, getattr(config, kind).backend, **getattr(config, kind).options)
+                                           for kind in ("anatomy", "lesion_prior", "refiner"))
     rows: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
     for dicom_id, by_type in sorted(by_image.items()):
         image = images[dicom_id]

@@ -116,13 +116,10 @@ class OverlaySource:
         self.failure: str | None = None
 
     def _load(self):
-        from anatomy_models.base import create
+        from anatomy_models.base import load_backend
 
-        anatomy = create("anatomy", self.config.anatomy.backend, **self.config.anatomy.options)
-        prior = create("lesion_prior", self.config.lesion_prior.backend, **self.config.lesion_prior.options)
-        anatomy.load()
-        prior.load()
-        return anatomy, prior
+        return (load_backend("anatomy", self.config.anatomy.backend, **self.config.anatomy.options),
+                load_backend("lesion_prior", self.config.lesion_prior.backend, **self.config.lesion_prior.options))
 
     def maps(self, image: np.ndarray) -> tuple[AnatomyResult | None, LesionPrior | None]:
         if self._models is None and self.failure is None:
@@ -432,9 +429,11 @@ def write_audit(run_dir: Path, corpus_root: Path | None = None, output: Path | N
     findings = {f["finding_id"]: f for f in rows("findings")}
     masks = {m["mask_id"]: m for m in rows("masks")}
     items = select_items(discarded, findings, pairs, masks, page_size)
+    # only the sampled studies' findings are needed for their overlays
+    sampled = {item.study_id for item in items}
     present: dict[str, list[Finding]] = defaultdict(list)
     for finding in findings.values():
-        if finding["presence"] == Presence.PRESENT.value:
+        if finding["study_id"] in sampled and finding["presence"] == Presence.PRESENT.value:
             present[finding["study_id"]].append(_finding_record(finding))
     write_thumbnails(items, config, corpus_root, output.parent / THUMBS_DIR,
                      {p["dicom_id"]: p["image_path"] for p in pairs},

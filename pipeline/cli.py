@@ -151,7 +151,7 @@ def cmd_vocab(args) -> int:
 def cmd_anatomy(args) -> int:
     import cv2
 
-    from anatomy_models.base import BACKEND_SETUP_ERRORS, create
+    from anatomy_models.base import BACKEND_SETUP_ERRORS, load_backend
     from transforms.images import DICOM_SUFFIXES, ImageDecodeError, decode_for_models
     from transforms.masks import resize_mask
 
@@ -161,8 +161,7 @@ def cmd_anatomy(args) -> int:
     if not images:
         raise UserError(f"no .png/.jpg images or DICOM (.dcm) files in {args.images}")
     try:
-        backend = create("anatomy", args.backend, **dict(_options(args.option)))
-        backend.load()
+        backend = load_backend("anatomy", args.backend, **dict(_options(args.option)))
     except BACKEND_SETUP_ERRORS as exc:
         raise UserError(str(exc)) from None
     out = Path(args.output)

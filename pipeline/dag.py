@@ -14,7 +14,7 @@ import numpy as np
 from apache_beam.metrics import Metrics
 from apache_beam.utils import shared
 
-from anatomy_models.base import create as create_backend
+from anatomy_models.base import load_backend
 from schemas.config import PipelineConfig, StructuringConfig
 from schemas.vocab import Certainty, Presence, Stage
 from transforms.grounding import ImageToGround, empty_locations, ground_images
@@ -163,9 +163,7 @@ class _BackendStage(beam.DoFn):
 
     def setup(self):
         def build():
-            model = create_backend(self.kind, self._backend, **self._options)
-            model.load()
-            return model
+            return load_backend(self.kind, self._backend, **self._options)
 
         self._model = self._handle.acquire(build, tag=f"{self.kind}:{self._backend}:{sorted(self._options.items())}")
 
