@@ -188,7 +188,8 @@ def main() -> None:
     parser.add_argument("--input-size", type=int, default=512, help="long side given to the backend (0: as stored)")
     parser.add_argument("--weights-dir", default=None, help="weights folder for cxas/pspnet (default: torchxrayvision's cache)")
     parser.add_argument("--per-image", action="store_true")
-    parser.add_argument("--phantoms", type=int, default=40, help="studies of the synthetic corpus whose frontal images are scored")
+    parser.add_argument("--phantoms", type=int, default=40,
+                        help="studies of the synthetic corpus whose frontal images are scored (0: none)")
     parser.add_argument("--phantom-seed", type=int, default=0)
     parser.add_argument("--corpus", type=Path, default=None, help="score this synthetic corpus instead of writing one")
     args = parser.parse_args()
@@ -198,7 +199,7 @@ def main() -> None:
     cases = load_lung_dev_set(args.data)
     with tempfile.TemporaryDirectory() as folder:
         corpus = args.corpus
-        if corpus is None:
+        if corpus is None and args.phantoms > 0:
             from pipeline.synth import synthesize_corpus
 
             corpus = Path(folder)
@@ -214,7 +215,8 @@ def main() -> None:
                 print(f"{name:10s} skipped: {error}")
                 continue
             evaluate(name, backend, cases, args.input_size, args.per_image)
-            evaluate_phantoms(name, backend, phantom_cases(corpus), args.input_size)
+            if corpus is not None:
+                evaluate_phantoms(name, backend, phantom_cases(corpus), args.input_size)
 
 if __name__ == "__main__":
     main()

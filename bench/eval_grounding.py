@@ -14,7 +14,16 @@ counts of all corpora are pooled into a last table: single small corpora move by
 `--vision-only` leaves the reports out: each frontal image's true findings (present; definite ones grounded, hedged
 ones as context, each type once per image at its true locations) go through the configured anatomy, lesion prior,
 and grounding, at the working size. It separates what the vision stages lose from what report reading loses, and
-prints why each missed visible lesion was discarded.
+prints why each missed visible lesion was discarded. Two ablations go with it:
+
+    .venv/bin/python bench/eval_grounding.py --vision-only --true-anatomy        # the corpus's true lungs, zones, heart
+    .venv/bin/python bench/eval_grounding.py --vision-only --degrade gamma=0.6 noise=10 blur=3
+
+`--true-anatomy` replaces the anatomy model by the corpus's true anatomy masks (no mediastinum or retrocardiac lung:
+the phantom draws none), which bounds what a better anatomy model would give. `--degrade` changes each image before
+any model sees it (intensity to the power `gamma`; Gaussian `noise` of that many grey levels, drawn from a fixed
+seed; Gaussian `blur` of that many pixels at the working size): how much the numbers move when the films are exposed,
+processed or resolved differently from the corpus's.
 """
 from __future__ import annotations
 
@@ -38,7 +47,7 @@ from schemas.vocab import Certainty, LesionType, Presence
 from transforms.grounding import ImageToGround, ground_images
 from transforms.images import decode_for_models
 from transforms.masks import decode_rle, resize_mask
-from transforms.records import Finding
+from transforms.records import AnatomyResult, Finding
 
 
 def _png(path: Path) -> np.ndarray | None:
@@ -119,8 +128,33 @@ def _true_finding(row: dict) -> Finding:
                    char_start=0, char_end=0, structurer="ground truth")
 
 
-def score_vision_only(corpus: Path, config: PipelineConfig) -> dict[str, dict[str, float]]:
-    """Recall, IoU (at the working size) and invisible findings discarded, from the true findings of each frontal image."""
+DEGRADATIONS = ("gamma", "noise", "blur")
+
+
+def degrade(pixels: np.ndarray, gamma: float = 1.0, noise: float = 0.0, blur: float = 0.0) -> np.ndarray:
+    """The uint8 image with its intensities raised to `gamma`, Gaussian noise of `noise` grey levels added (a fixed
+    seed, so every run sees the same films) and a Gaussian blur of `blur` pixels."""
+    out = 255.0 * (pixels.astype(np.float32) / 255.0) ** gamma
+    if noise > 0:
+        out += np.random.default_rng(0).normal(0.0, noise, out.shape)
+    if blur > 0:
+        out = cv2.GaussianBlur(out, (0, 0), blur)
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
+def true_anatomy(corpus: Path, dicom_id: str, shape: tuple[int, int]) -> AnatomyResult:
+    """The corpus's true anatomy masks of one image (lungs, zones, heart), at `shape`."""
+    folder = corpus / "ground_truth" / "anatomy" / dicom_id
+    masks = {path.stem: resize_mask(_png(path), *shape) for path in sorted(folder.glob("*.png"))}
+    return AnatomyResult(masks=masks, confidence=dict.fromkeys(masks, 1.0), backend="ground truth", version="synthetic")
+
+
+def score_vision_only(corpus: Path, config: PipelineConfig, use_true_anatomy: bool = False,
+                      degradation: dict[str, float] | None = None) -> dict[str, dict[str, float]]:
+    """Recall, IoU (at the working size) and invisible findings discarded, from the true findings of each frontal image.
+
+    `use_true_anatomy`: the corpus's anatomy masks instead of the anatomy model's; `degradation`: `degrade`'s options,
+    applied to each image first."""
     truth = pq.read_table(corpus / "ground_truth" / "findings.parquet").to_pylist()
     images = {image.dicom_id: image for study in index_corpus(corpus, config.corpus).studies for image in study.images}
     by_image: dict[str, dict[str, dict]] = defaultdict(dict)
@@ -129,13 +163,22 @@ def score_vision_only(corpus: Path, config: PipelineConfig) -> dict[str, dict[st
             kept = by_image[row["dicom_id"]].get(row["target"])
             if kept is None or (kept["certainty"] != Certainty.DEFINITE.value and row["certainty"] == Certainty.DEFINITE.value):
                 by_image[row["dicom_id"]][row["target"]] = row  # one lesion per type per image, definite if reported so
-    anatomy_model, prior_model, refiner = (load_backend(kind, getattr(config, kind).backend, **getattr(config, kind).options)
-                                           for kind in ("anatomy", "lesion_prior", "refiner"))
+
+    def backend(kind: str):
+        return load_backend(kind, getattr(config, kind).backend, **getattr(config, kind).options)
+
+    anatomy_model = None if use_true_anatomy else backend("anatomy")
+    prior_model, refiner = backend("lesion_prior"), backend("refiner")
     rows: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
     for dicom_id, by_type in sorted(by_image.items()):
         image = images[dicom_id]
         pixels, _ = decode_for_models(corpus / image.path, config.vision.work_size)
-        (anatomy,) = anatomy_model.segment([pixels])
+        if degradation:
+            pixels = degrade(pixels, **degradation)
+        if use_true_anatomy:
+            anatomy = true_anatomy(corpus, dicom_id, pixels.shape)
+        else:
+            (anatomy,) = anatomy_model.segment([pixels])
         (prior,) = prior_model.predict([pixels], [anatomy])
         findings = [_true_finding(r) for r in by_type.values() if r["certainty"] == Certainty.DEFINITE.value]
         suspected = [_true_finding(r) for r in by_type.values() if r["certainty"] != Certainty.DEFINITE.value]
@@ -210,11 +253,27 @@ def main() -> None:
     parser.add_argument("--corpus", type=Path)
     parser.add_argument("--run", type=Path)
     parser.add_argument("--vision-only", action="store_true", help="ground the true findings; no report reading")
+    parser.add_argument("--true-anatomy", action="store_true",
+                        help="with --vision-only: the corpus's true anatomy masks")
+    parser.add_argument("--degrade", nargs="+", default=[], metavar="KEY=VALUE",
+                        help=f"with --vision-only: change each image first ({', '.join(DEGRADATIONS)})")
     args = parser.parse_args()
+    if (args.true_anatomy or args.degrade) and not args.vision_only:
+        parser.error("--true-anatomy and --degrade go with --vision-only")
+    degradation = {}
+    for item in args.degrade:
+        key, _, value = item.partition("=")
+        if key not in DEGRADATIONS or not value:
+            parser.error(f"--degrade takes KEY=VALUE with KEY one of {', '.join(DEGRADATIONS)}, not {item!r}")
+        degradation[key] = float(value)
+
+    def vision_only(corpus: Path) -> dict[str, dict[str, float]]:
+        return score_vision_only(corpus, config.config, args.true_anatomy, degradation)
+
     config = load_config(args.config, args.set)
     table = print_vision_table if args.vision_only else print_table
     if args.corpus and (args.run or args.vision_only):
-        table(score_vision_only(args.corpus, config.config) if args.vision_only else score(args.corpus, args.run))
+        table(vision_only(args.corpus) if args.vision_only else score(args.corpus, args.run))
         return
     pooled: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
     for seed in args.seed:
@@ -222,12 +281,13 @@ def main() -> None:
             corpus, run = Path(tmp) / "corpus", Path(tmp) / "run"
             synthesize_corpus(corpus, args.studies, seed=seed)
             if args.vision_only:
-                rows = score_vision_only(corpus, config.config)
+                rows = vision_only(corpus)
             else:
                 run_pipeline(corpus, run, config, overwrite=True)
                 rows = score(corpus, run)
             print(f"{args.studies} synthetic studies, seed {seed}, config {args.config} {' '.join(args.set)}"
-                  f"{' (vision only)' if args.vision_only else ''}")
+                  f"{' (vision only)' if args.vision_only else ''}{' (true anatomy)' if args.true_anatomy else ''}"
+                  f"{' degraded: ' + ' '.join(args.degrade) if args.degrade else ''}")
             table(rows)
         for target, row in rows.items():
             for key, value in row.items():

@@ -4,6 +4,7 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
+import numpy as np
 import pyarrow.parquet as pq
 
 from pipeline.config import load_config
@@ -26,3 +27,24 @@ def test_vision_only_scores_each_reported_lesion_of_each_frontal_image_once(corp
         assert row["grounded"] + missed == visible
         assert 0 <= row["iou_sum"] <= row["grounded"]
     assert rows["cardiomegaly"]["grounded"] > 0 and rows["cardiomegaly"]["iou_sum"] / rows["cardiomegaly"]["grounded"] > 0.6
+
+
+def test_true_anatomy_gives_the_grounding_the_corpus_s_own_heart(corpus):
+    rows = eval_grounding.score_vision_only(corpus, load_config("classical").config, use_true_anatomy=True)
+    cardiomegaly = rows["cardiomegaly"]
+    # the true mask of an enlarged heart is the true heart itself: with the true anatomy the two coincide
+    assert cardiomegaly["grounded"] > 0 and cardiomegaly["iou_sum"] / cardiomegaly["grounded"] > 0.99
+
+
+def test_degrade_changes_the_film_as_asked_and_the_same_way_every_time():
+    ramp = np.tile(np.linspace(0, 255, 64, dtype=np.float32), (64, 1)).astype(np.uint8)
+    assert np.array_equal(eval_grounding.degrade(ramp), ramp)
+    darker = eval_grounding.degrade(ramp, gamma=1.6)
+    assert darker[0, 32] < ramp[0, 32] and darker[0, 0] == 0 and darker[0, -1] == 255
+    noisy = eval_grounding.degrade(ramp, noise=10)
+    assert np.array_equal(noisy, eval_grounding.degrade(ramp, noise=10))
+    assert 5 < np.std(noisy.astype(float) - ramp) < 15
+    step = np.zeros((64, 64), np.uint8)
+    step[:, 32:] = 255
+    blurred = eval_grounding.degrade(step, blur=3)
+    assert 0 < blurred[0, 31] < 255 and blurred[0, 0] == 0
