@@ -18,16 +18,19 @@ prints why each missed visible lesion was discarded. Two ablations go with it:
 
     .venv/bin/python bench/eval_grounding.py --vision-only --true-anatomy        # the corpus's true lungs, zones, heart
     .venv/bin/python bench/eval_grounding.py --vision-only --degrade gamma=0.6 noise=10 blur=3
+    .venv/bin/python bench/eval_grounding.py --vision-only --findings-csv outcomes.csv   # one row per finding
 
 `--true-anatomy` replaces the anatomy model by the corpus's true anatomy masks (no mediastinum or retrocardiac lung:
 the phantom draws none), which bounds what a better anatomy model would give. `--degrade` changes each image before
 any model sees it (intensity to the power `gamma`; Gaussian `noise` of that many grey levels, drawn from a fixed
 seed; Gaussian `blur` of that many pixels at the working size): how much the numbers move when the films are exposed,
-processed or resolved differently from the corpus's.
+processed or resolved differently from the corpus's. `--findings-csv` writes each finding's outcome (grounded, or
+the reason it was discarded), with its IoU and how much of the true lesion its mask covers, for looking into misses.
 """
 from __future__ import annotations
 
 import argparse
+import csv
 import tempfile
 from collections import defaultdict
 from pathlib import Path
@@ -150,11 +153,12 @@ def true_anatomy(corpus: Path, dicom_id: str, shape: tuple[int, int]) -> Anatomy
 
 
 def score_vision_only(corpus: Path, config: PipelineConfig, use_true_anatomy: bool = False,
-                      degradation: dict[str, float] | None = None) -> dict[str, dict[str, float]]:
+                      degradation: dict[str, float] | None = None,
+                      outcomes: list[dict] | None = None) -> dict[str, dict[str, float]]:
     """Recall, IoU (at the working size) and invisible findings discarded, from the true findings of each frontal image.
 
     `use_true_anatomy`: the corpus's anatomy masks instead of the anatomy model's; `degradation`: `degrade`'s options,
-    applied to each image first."""
+    applied to each image first; `outcomes`, when given, gets one row per finding (`OUTCOME_COLUMNS`)."""
     truth = pq.read_table(corpus / "ground_truth" / "findings.parquet").to_pylist()
     images = {image.dicom_id: image for study in index_corpus(corpus, config.corpus).studies for image in study.images}
     by_image: dict[str, dict[str, dict]] = defaultdict(dict)
@@ -186,7 +190,15 @@ def score_vision_only(corpus: Path, config: PipelineConfig, use_true_anatomy: bo
                                       refiner, config.grounding)
         for grounding in groundings:
             target, row = grounding.finding.entity, rows[grounding.finding.entity]
-            if not by_type[target]["visible"]:
+            visible = bool(by_type[target]["visible"])
+            outcome = {"dicom_id": dicom_id, "target": target, "visible": visible,
+                       "locations": ";".join(grounding.finding.reported_locations),
+                       "outcome": "grounded" if grounding.mask is not None else grounding.discard.value,
+                       "stage": "" if grounding.mask is not None else grounding.stage.value,
+                       "iou": None, "mask_over_true_area": None, "true_covered": None}
+            if outcomes is not None:
+                outcomes.append(outcome)
+            if not visible:
                 row["invisible"] += 1
                 row["invisible_discarded"] += grounding.mask is None
                 continue
@@ -196,8 +208,26 @@ def score_vision_only(corpus: Path, config: PipelineConfig, use_true_anatomy: bo
                 continue
             row["grounded"] += 1
             true = resize_mask(_png(corpus / "ground_truth" / "masks" / dicom_id / f"{target}.png"), *pixels.shape)
-            row["iou_sum"] += float((true & grounding.mask).sum() / max((true | grounding.mask).sum(), 1))
+            overlap, true_area = float((true & grounding.mask).sum()), max(float(true.sum()), 1.0)
+            outcome["iou"] = round(overlap / max(float((true | grounding.mask).sum()), 1.0), 4)
+            outcome["mask_over_true_area"] = round(float(grounding.mask.sum()) / true_area, 4)
+            outcome["true_covered"] = round(overlap / true_area, 4)
+            row["iou_sum"] += outcome["iou"]
     return rows
+
+
+OUTCOME_COLUMNS = ("corpus", "dicom_id", "target", "visible", "locations", "outcome", "stage", "iou",
+                   "mask_over_true_area", "true_covered")
+
+
+def write_outcomes(path: Path, outcomes: list[dict]) -> None:
+    """One CSV row per finding: grounded (with its IoU, its mask's area over the true lesion's, and the share of the
+    true lesion it covers: a small mask inside the lesion and a large one around it have the same IoU) or the reason
+    it was discarded."""
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=OUTCOME_COLUMNS)
+        writer.writeheader()
+        writer.writerows(outcomes)
 
 
 def print_vision_table(rows) -> None:
@@ -257,9 +287,11 @@ def main() -> None:
                         help="with --vision-only: the corpus's true anatomy masks")
     parser.add_argument("--degrade", nargs="+", default=[], metavar="KEY=VALUE",
                         help=f"with --vision-only: change each image first ({', '.join(DEGRADATIONS)})")
+    parser.add_argument("--findings-csv", type=Path,
+                        help="with --vision-only: write each finding's outcome, IoU and coverage to this CSV")
     args = parser.parse_args()
-    if (args.true_anatomy or args.degrade) and not args.vision_only:
-        parser.error("--true-anatomy and --degrade go with --vision-only")
+    if (args.true_anatomy or args.degrade or args.findings_csv) and not args.vision_only:
+        parser.error("--true-anatomy, --degrade and --findings-csv go with --vision-only")
     degradation = {}
     for item in args.degrade:
         key, _, value = item.partition("=")
@@ -267,13 +299,20 @@ def main() -> None:
             parser.error(f"--degrade takes KEY=VALUE with KEY one of {', '.join(DEGRADATIONS)}, not {item!r}")
         degradation[key] = float(value)
 
-    def vision_only(corpus: Path) -> dict[str, dict[str, float]]:
-        return score_vision_only(corpus, config.config, args.true_anatomy, degradation)
+    outcomes: list[dict] = []
+
+    def vision_only(corpus: Path, name: str) -> dict[str, dict[str, float]]:
+        found: list[dict] = []
+        rows = score_vision_only(corpus, config.config, args.true_anatomy, degradation, found)
+        outcomes.extend({"corpus": name, **outcome} for outcome in found)
+        return rows
 
     config = load_config(args.config, args.set)
     table = print_vision_table if args.vision_only else print_table
     if args.corpus and (args.run or args.vision_only):
-        table(vision_only(args.corpus) if args.vision_only else score(args.corpus, args.run))
+        table(vision_only(args.corpus, str(args.corpus)) if args.vision_only else score(args.corpus, args.run))
+        if args.findings_csv:
+            write_outcomes(args.findings_csv, outcomes)
         return
     pooled: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
     for seed in args.seed:
@@ -281,7 +320,7 @@ def main() -> None:
             corpus, run = Path(tmp) / "corpus", Path(tmp) / "run"
             synthesize_corpus(corpus, args.studies, seed=seed)
             if args.vision_only:
-                rows = vision_only(corpus)
+                rows = vision_only(corpus, f"seed {seed}")
             else:
                 run_pipeline(corpus, run, config, overwrite=True)
                 rows = score(corpus, run)
@@ -295,6 +334,9 @@ def main() -> None:
     if len(args.seed) > 1:
         print(f"pooled: {len(args.seed)} corpora of {args.studies} studies, seeds {' '.join(map(str, args.seed))}")
         table(pooled)
+    if args.findings_csv:
+        write_outcomes(args.findings_csv, outcomes)
+        print(f"{len(outcomes)} findings' outcomes written to {args.findings_csv}")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """The vision-only evaluation (`bench/eval_grounding.py --vision-only`) on the shared synthetic corpus."""
 from __future__ import annotations
 
+import csv
 import importlib.util
 from pathlib import Path
 
@@ -14,8 +15,9 @@ eval_grounding = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(eval_grounding)
 
 
-def test_vision_only_scores_each_reported_lesion_of_each_frontal_image_once(corpus):
-    rows = eval_grounding.score_vision_only(corpus, load_config("classical").config)
+def test_vision_only_scores_each_reported_lesion_of_each_frontal_image_once(corpus, tmp_path):
+    outcomes = []
+    rows = eval_grounding.score_vision_only(corpus, load_config("classical").config, outcomes=outcomes)
     truth = pq.read_table(corpus / "ground_truth" / "findings.parquet").to_pylist()
     definite = {(r["dicom_id"], r["target"]): r["visible"] for r in truth
                 if r["dicom_id"] and r["presence"] == "present" and r["certainty"] == "definite"}
@@ -27,6 +29,23 @@ def test_vision_only_scores_each_reported_lesion_of_each_frontal_image_once(corp
         assert row["grounded"] + missed == visible
         assert 0 <= row["iou_sum"] <= row["grounded"]
     assert rows["cardiomegaly"]["grounded"] > 0 and rows["cardiomegaly"]["iou_sum"] / rows["cardiomegaly"]["grounded"] > 0.6
+
+    # one outcome per finding, agreeing with the table
+    assert len(outcomes) == len(definite)
+    for target, row in rows.items():
+        mine = [o for o in outcomes if o["target"] == target and o["visible"]]
+        assert sum(o["outcome"] == "grounded" for o in mine) == row["grounded"]
+        assert abs(sum(o["iou"] for o in mine if o["outcome"] == "grounded") - row["iou_sum"]) < 1e-3
+        for key, count in row.items():
+            if key.startswith("missed: "):
+                assert sum(o["outcome"] == key.split(": ")[1] and o["stage"] != "" for o in mine) == count
+    for o in outcomes:
+        if o["iou"] is not None:
+            assert 0 <= o["iou"] <= min(o["true_covered"], 1.0) + 1e-9 and o["mask_over_true_area"] > 0
+    path = tmp_path / "outcomes.csv"
+    eval_grounding.write_outcomes(path, [{"corpus": "c", **o} for o in outcomes])
+    with open(path, newline="") as handle:
+        assert len(list(csv.DictReader(handle))) == len(outcomes)
 
 
 def test_true_anatomy_gives_the_grounding_the_corpus_s_own_heart(corpus):
