@@ -14,7 +14,7 @@ counts of all corpora are pooled into a last table: single small corpora move by
 `--vision-only` leaves the reports out: each frontal image's true findings (present; definite ones grounded, hedged
 ones as context, each type once per image at its true locations) go through the configured anatomy, lesion prior,
 and grounding, at the working size. It separates what the vision stages lose from what report reading loses, and
-prints why each missed visible lesion was discarded. Two ablations go with it:
+prints why each missed visible lesion was discarded. Two ablations and a per-finding export go with it:
 
     .venv/bin/python bench/eval_grounding.py --vision-only --true-anatomy        # the corpus's true lungs, zones, heart
     .venv/bin/python bench/eval_grounding.py --vision-only --degrade gamma=0.6 noise=10 blur=3
@@ -209,10 +209,10 @@ def score_vision_only(corpus: Path, config: PipelineConfig, use_true_anatomy: bo
             row["grounded"] += 1
             true = resize_mask(_png(corpus / "ground_truth" / "masks" / dicom_id / f"{target}.png"), *pixels.shape)
             overlap, true_area = float((true & grounding.mask).sum()), max(float(true.sum()), 1.0)
-            outcome["iou"] = round(overlap / max(float((true | grounding.mask).sum()), 1.0), 4)
-            outcome["mask_over_true_area"] = round(float(grounding.mask.sum()) / true_area, 4)
-            outcome["true_covered"] = round(overlap / true_area, 4)
-            row["iou_sum"] += outcome["iou"]
+            iou = overlap / max(float((true | grounding.mask).sum()), 1.0)
+            row["iou_sum"] += iou
+            outcome.update(iou=round(iou, 4), mask_over_true_area=round(float(grounding.mask.sum()) / true_area, 4),
+                           true_covered=round(overlap / true_area, 4))
     return rows
 
 
@@ -295,10 +295,14 @@ def main() -> None:
     degradation = {}
     for item in args.degrade:
         key, _, value = item.partition("=")
-        if key not in DEGRADATIONS or not value:
-            parser.error(f"--degrade takes KEY=VALUE with KEY one of {', '.join(DEGRADATIONS)}, not {item!r}")
-        degradation[key] = float(value)
+        try:
+            if key not in DEGRADATIONS:
+                raise ValueError(key)
+            degradation[key] = float(value)
+        except ValueError:
+            parser.error(f"--degrade takes KEY=NUMBER with KEY one of {', '.join(DEGRADATIONS)}, not {item!r}")
 
+    config = load_config(args.config, args.set)
     outcomes: list[dict] = []
 
     def vision_only(corpus: Path, name: str) -> dict[str, dict[str, float]]:
@@ -307,7 +311,6 @@ def main() -> None:
         outcomes.extend({"corpus": name, **outcome} for outcome in found)
         return rows
 
-    config = load_config(args.config, args.set)
     table = print_vision_table if args.vision_only else print_table
     if args.corpus and (args.run or args.vision_only):
         table(vision_only(args.corpus, str(args.corpus)) if args.vision_only else score(args.corpus, args.run))
