@@ -102,6 +102,13 @@ def load_backend(kind: str, name: str, **options: Any):
     return model
 
 
+def load_configured(config, kind: str):
+    """The backend that a pipeline config's `kind` section ('anatomy', 'lesion_prior', 'refiner') names, loaded with
+    that section's options."""
+    section = getattr(config, kind)
+    return load_backend(kind, section.backend, **section.options)
+
+
 def create(kind: str, name: str, **options: Any):
     """Build the backend `name` of `kind` ('anatomy', 'lesion_prior', 'refiner') with its config options."""
     from anatomy_models.backends import BACKEND_MODULES

@@ -36,7 +36,7 @@ sys.path.insert(0, str(REPO))
 
 from common import base_corpus, bench_finding, load  # noqa: E402
 
-from anatomy_models.base import load_backend  # noqa: E402
+from anatomy_models.base import load_configured  # noqa: E402
 from pipeline.config import load_config  # noqa: E402
 from pipeline.corpus import METADATA_FILE, SPLIT_FILE, image_path, index_corpus, report_path  # noqa: E402
 from transforms.grounding import ground_findings  # noqa: E402
@@ -92,8 +92,7 @@ def stage_timings(root: Path, config, limit: int = 40) -> dict:
     structurer.structure(texts)
     reports_per_second = len(texts) / (time.perf_counter() - started)
     paths = [root / i.path for s in studies for i in s.images if i.view_position in config.corpus.frontal_views][:limit]
-    models = {kind: load_backend(kind, getattr(config, kind).backend, **getattr(config, kind).options)
-              for kind in ("anatomy", "lesion_prior", "refiner")}
+    models = {kind: load_configured(config, kind) for kind in ("anatomy", "lesion_prior", "refiner")}
     unions = [[loc.value for loc in u] for u in config.pairs.location_unions]
     times: dict[str, list[float]] = {"decode (floor)": [], "anatomy": [], "lesion prior": [], "ground+refine": [],
                                      "encode": []}

@@ -39,7 +39,7 @@ import cv2
 import numpy as np
 import pyarrow.parquet as pq
 
-from anatomy_models.base import load_backend
+from anatomy_models.base import load_configured
 from pipeline.config import load_config
 from pipeline.corpus import index_corpus
 from pipeline.run import run_pipeline
@@ -168,11 +168,8 @@ def score_vision_only(corpus: Path, config: PipelineConfig, use_true_anatomy: bo
             if kept is None or (kept["certainty"] != Certainty.DEFINITE.value and row["certainty"] == Certainty.DEFINITE.value):
                 by_image[row["dicom_id"]][row["target"]] = row  # one lesion per type per image, definite if reported so
 
-    def backend(kind: str):
-        return load_backend(kind, getattr(config, kind).backend, **getattr(config, kind).options)
-
-    anatomy_model = None if use_true_anatomy else backend("anatomy")
-    prior_model, refiner = backend("lesion_prior"), backend("refiner")
+    anatomy_model = None if use_true_anatomy else load_configured(config, "anatomy")
+    prior_model, refiner = load_configured(config, "lesion_prior"), load_configured(config, "refiner")
     rows: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
     for dicom_id, by_type in sorted(by_image.items()):
         image = images[dicom_id]

@@ -116,10 +116,9 @@ class OverlaySource:
         self.failure: str | None = None
 
     def _load(self):
-        from anatomy_models.base import load_backend
+        from anatomy_models.base import load_configured
 
-        return (load_backend("anatomy", self.config.anatomy.backend, **self.config.anatomy.options),
-                load_backend("lesion_prior", self.config.lesion_prior.backend, **self.config.lesion_prior.options))
+        return load_configured(self.config, "anatomy"), load_configured(self.config, "lesion_prior")
 
     def maps(self, image: np.ndarray) -> tuple[AnatomyResult | None, LesionPrior | None]:
         if self._models is None and self.failure is None:
