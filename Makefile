@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DEMO_OUT ?= demo-output
 
-.PHONY: setup demo test bench eval-nlp eval-anatomy eval-grounding eval-vision clean
+.PHONY: setup demo test bench eval-nlp eval-anatomy eval-grounding eval-vision eval-real clean
 
 setup: $(STAMP)
 
@@ -37,6 +37,9 @@ eval-grounding: setup
 
 eval-vision: setup  # the vision stages alone, on the true findings of five corpora (pooled table last)
 	$(PY) bench/eval_grounding.py --vision-only --studies 40 --seed 0 1 2 5 7
+
+eval-real: setup  # lesions drawn into the real dev radiographs (../shared/data/cxr-lungs-dev), vision stages only
+	$(PY) bench/eval_insertion.py
 
 clean:
 	rm -rf $(DEMO_OUT) .pytest_cache

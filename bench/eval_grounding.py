@@ -47,7 +47,7 @@ from pipeline.synth import synthesize_corpus
 from pipeline.writers import read_table
 from schemas.config import PipelineConfig
 from schemas.vocab import Certainty, LesionType, Presence
-from transforms.grounding import ImageToGround, ground_images
+from transforms.grounding import Grounding, ImageToGround, ground_images
 from transforms.images import decode_for_models
 from transforms.masks import decode_rle, resize_mask
 from transforms.records import AnatomyResult, Finding
@@ -186,31 +186,39 @@ def score_vision_only(corpus: Path, config: PipelineConfig, use_true_anatomy: bo
         (groundings,) = ground_images([ImageToGround(findings, anatomy, prior, pixels, image.view_position, suspected)],
                                       refiner, config.grounding)
         for grounding in groundings:
-            target, row = grounding.finding.entity, rows[grounding.finding.entity]
-            visible = bool(by_type[target]["visible"])
-            outcome = {"dicom_id": dicom_id, "target": target, "visible": visible,
-                       "locations": ";".join(grounding.finding.reported_locations),
-                       "outcome": "grounded" if grounding.mask is not None else grounding.discard.value,
-                       "stage": "" if grounding.mask is not None else grounding.stage.value,
-                       "iou": None, "mask_over_true_area": None, "true_covered": None}
+            target = grounding.finding.entity
+            true = (resize_mask(_png(corpus / "ground_truth" / "masks" / dicom_id / f"{target}.png"), *pixels.shape)
+                    if by_type[target]["visible"] else None)
+            outcome = true_finding_outcome(grounding, true, rows[target])
             if outcomes is not None:
-                outcomes.append(outcome)
-            if not visible:
-                row["invisible"] += 1
-                row["invisible_discarded"] += grounding.mask is None
-                continue
-            row["visible"] += 1
-            if grounding.mask is None:
-                row[f"missed: {grounding.discard.value}"] += 1
-                continue
-            row["grounded"] += 1
-            true = resize_mask(_png(corpus / "ground_truth" / "masks" / dicom_id / f"{target}.png"), *pixels.shape)
-            overlap, true_area = float((true & grounding.mask).sum()), max(float(true.sum()), 1.0)
-            iou = overlap / max(float((true | grounding.mask).sum()), 1.0)
-            row["iou_sum"] += iou
-            outcome.update(iou=round(iou, 4), mask_over_true_area=round(float(grounding.mask.sum()) / true_area, 4),
-                           true_covered=round(overlap / true_area, 4))
+                outcomes.append({"dicom_id": dicom_id, **outcome})
     return rows
+
+
+def true_finding_outcome(grounding: Grounding, true: np.ndarray | None, row: dict[str, float]) -> dict:
+    """Counts one grounded true finding into its lesion type's table row and returns its outcome (`OUTCOME_COLUMNS`
+    but corpus and dicom_id). `true`: the lesion's true mask at the working size; None where the image does not
+    show the lesion (a finding that should be discarded)."""
+    outcome = {"target": grounding.finding.entity, "visible": true is not None,
+               "locations": ";".join(grounding.finding.reported_locations),
+               "outcome": "grounded" if grounding.mask is not None else grounding.discard.value,
+               "stage": "" if grounding.mask is not None else grounding.stage.value,
+               "iou": None, "mask_over_true_area": None, "true_covered": None}
+    if true is None:
+        row["invisible"] += 1
+        row["invisible_discarded"] += grounding.mask is None
+        return outcome
+    row["visible"] += 1
+    if grounding.mask is None:
+        row[f"missed: {grounding.discard.value}"] += 1
+        return outcome
+    row["grounded"] += 1
+    overlap, true_area = float((true & grounding.mask).sum()), max(float(true.sum()), 1.0)
+    iou = overlap / max(float((true | grounding.mask).sum()), 1.0)
+    row["iou_sum"] += iou
+    outcome.update(iou=round(iou, 4), mask_over_true_area=round(float(grounding.mask.sum()) / true_area, 4),
+                   true_covered=round(overlap / true_area, 4))
+    return outcome
 
 
 OUTCOME_COLUMNS = ("corpus", "dicom_id", "target", "visible", "locations", "outcome", "stage", "iou",

@@ -520,11 +520,13 @@ def _vessel_layer(rng: np.random.Generator, g: _FrontalGeometry, shape: tuple[in
     return _blur(layer, 0.005 * frame.unit_y * scale)
 
 
-def _lesion_coverage(rng: np.random.Generator, spec: LesionSpec, regions: dict[str, np.ndarray],
-                     g: _FrontalGeometry, big_x: np.ndarray, big_y: np.ndarray, scale: float) -> np.ndarray:
-    """Soft coverage (0..1) of one lesion on the working canvas, confined to its lung region."""
+def _lesion_coverage(rng: np.random.Generator, spec: LesionSpec, regions: dict[str, np.ndarray], frame: _Frame,
+                     lung_width: dict[str, float], big_x: np.ndarray, big_y: np.ndarray, scale: float) -> np.ndarray:
+    """Soft coverage (0..1) of one lesion on the working canvas, confined to its lung region.
+
+    `lung_width`: each lung's lateral extent from the midline, in frame X units."""
     shape = big_x.shape
-    unit = g.frame.unit_y * scale
+    unit = frame.unit_y * scale
     s = float(np.clip(spec.severity, 0.0, 1.0))
     style = spec.style
     located = [loc for loc in spec.locations if loc in regions and loc != Location.HEART]
@@ -537,7 +539,7 @@ def _lesion_coverage(rng: np.random.Generator, spec: LesionSpec, regions: dict[s
         for side in sorted(sides):  # a fixed order keeps the random draws (and the output) reproducible
             sign = -1.0 if side == "right" else 1.0
             level = 1.0 - (0.12 + 0.5 * s) + rng.normal(0.0, 0.02)
-            u = np.clip(sign * big_x / g.lung_width[side], 0.0, 1.0)
+            u = np.clip(sign * big_x / lung_width[side], 0.0, 1.0)
             # the meniscus: highest against the lateral chest wall, falling toward the hilum
             meniscus = level + (0.12 + 0.12 * s) * (1.0 - u) ** 1.6 - 0.06 * np.exp(-(1.0 - u) / 0.1)
             fluid = _smoothstep((big_y - meniscus) / 0.05) * _soft(regions[str(LUNG_BY_SIDE[side])], 0.004 * unit)
@@ -619,23 +621,23 @@ def _lesion_coverage(rng: np.random.Generator, spec: LesionSpec, regions: dict[s
     return cov * region_soft * _soft(lung_of_region, 0.004 * unit)
 
 
-def _air_bronchograms(rng: np.random.Generator, cov: np.ndarray, g: _FrontalGeometry, scale: float) -> np.ndarray:
+def _air_bronchograms(rng: np.random.Generator, cov: np.ndarray, frame: _Frame, scale: float) -> np.ndarray:
     """Thin dark branching lines inside a dense lesion (air left in the bronchi)."""
     lines = np.zeros(cov.shape, np.float32)
     dense = cov > 0.8
     if dense.sum() < 50:
         return lines
-    inv = np.linalg.inv(g.frame.matrix[:, :2] * scale)
+    inv = np.linalg.inv(frame.matrix[:, :2] * scale)
     for _ in range(3):
         row, col = _random_point(rng, dense)
-        start = inv @ (np.array([col, row], dtype=np.float64) - g.frame.matrix[:, 2] * scale)
+        start = inv @ (np.array([col, row], dtype=np.float64) - frame.matrix[:, 2] * scale)
         angle = rng.uniform(0, 2 * np.pi)
         pts = [start]
         for _ in range(4):
             angle += rng.normal(0, 0.35)
             pts.append(pts[-1] + 0.025 * np.array([np.cos(angle), np.sin(angle)]))
-        _stroke(lines, np.array(pts), g.frame, scale, 0.006)
-    return _blur(lines, 0.002 * g.frame.unit_y * scale) * cov
+        _stroke(lines, np.array(pts), frame, scale, 0.006)
+    return _blur(lines, 0.002 * frame.unit_y * scale) * cov
 
 
 def _draw_devices(rng: np.random.Generator, image: np.ndarray, g: _FrontalGeometry, devices: Sequence[str]) -> None:
@@ -755,7 +757,7 @@ def draw_frontal(
     for spec in lesions:
         if spec.style == LesionType.CARDIOMEGALY:
             continue
-        cov = _lesion_coverage(rng, spec, regions, g, big_x, big_y, scale)
+        cov = _lesion_coverage(rng, spec, regions, frame, g.lung_width, big_x, big_y, scale)
         coverage.append((spec, cov))
         lo, hi = LESION_DENSITY[LesionType(spec.style)]
         density = lo + (hi - lo) * float(np.clip(spec.severity, 0.0, 1.0))
@@ -763,7 +765,7 @@ def draw_frontal(
         if spec.style in (LesionType.PNEUMONIA, LesionType.OPACITY, LesionType.EDEMA):  # mottled, not uniform
             filled *= 0.7 + 0.3 * _smooth_noise(rng, shape, 50)
         if spec.style == LesionType.CONSOLIDATION and rng.random() < 0.6:
-            filled = filled * (1.0 - 0.45 * _air_bronchograms(rng, cov, g, scale))
+            filled = filled * (1.0 - 0.45 * _air_bronchograms(rng, cov, frame, scale))
         kept_air *= 1.0 - filled
         atten += 0.05 * cov * heart_soft  # keeps a retrocardiac lesion faintly visible
     atten -= air * kept_air
@@ -814,6 +816,69 @@ def draw_frontal(
             old = lesion_masks.get(target)
             lesion_masks[target] = mask.copy() if old is None else cv2.bitwise_or(old, mask)
     return image, {t: m.view(bool) for t, m in lesion_masks.items()}, anatomy
+
+
+_LATERAL_WALL_X = 0.97  # frame X of a lung's lateral edge (the outlines' lateral wall points)
+
+
+def _frame_of_lungs(right: np.ndarray, left: np.ndarray) -> tuple[_Frame, dict[str, float]]:
+    """The thorax frame of a radiograph from its two lung masks (apices at Y 0, lowest lung row at Y 1, lateral
+    edges at X -+0.97), and each lung's lateral extent in X."""
+    rows = np.flatnonzero((right | left).any(axis=1))
+    outer_right, outer_left = np.flatnonzero(right.any(axis=0))[0], np.flatnonzero(left.any(axis=0))[-1]
+    centre = (outer_right + outer_left) / 2
+    half_width = (outer_left - outer_right) / 2 / _LATERAL_WALL_X
+    frame = _make_frame(half_width, max(float(rows[-1] - rows[0]), 1.0), (centre, float(rows[0])), 0.0, (0.0, 0.0))
+    return frame, {"right": (centre - outer_right) / half_width, "left": (outer_left - centre) / half_width}
+
+
+def _soft_tissue_level(image: np.ndarray, right: np.ndarray, left: np.ndarray) -> float:
+    """Median intensity between the lungs over their lower half (heart and mediastinum): lung without its air."""
+    rows = np.flatnonzero((right | left).any(axis=1))
+    lower = slice(int((rows[0] + rows[-1]) / 2), int(rows[-1]) + 1)
+    has = right[lower].any(axis=1) & left[lower].any(axis=1)
+    right_edge = right.shape[1] - 1 - np.argmax(right[lower][:, ::-1], axis=1)
+    left_edge = np.argmax(left[lower], axis=1)
+    columns = np.arange(image.shape[1])[None, :]
+    between = has[:, None] & (columns > right_edge[:, None]) & (columns < left_edge[:, None])
+    values = image[lower][between]
+    return float(np.median(values)) if values.size else float(np.quantile(image[right | left], 0.99))
+
+
+def draw_into_radiograph(rng: np.random.Generator, image: np.ndarray, right: np.ndarray, left: np.ndarray,
+                         spec: LesionSpec) -> tuple[np.ndarray, np.ndarray]:
+    """One of the phantom's lesions (not cardiomegaly) drawn into a real frontal radiograph whose lung masks are known
+    (`right`: the patient's right lung, image left), with the image's own anatomy, texture and exposure around it.
+
+    The lesion's shape is the phantom's, in the thorax frame the lung masks give. It replaces its share of the local
+    lung air as in the phantom: each pixel moves from the lung's local level (a broad mean over the lungs, so ribs and
+    vessels stay drawn over it) toward the soft-tissue level between the lungs by coverage x density. Returns the
+    uint8 image with the lesion and its true mask (coverage at least `MASK_LEVEL`, clipped to the lung it lives in,
+    or both lungs for a bilateral finding). The true lung masks carry no heart, so no lesion is drawn behind it."""
+    if spec.style == LesionType.CARDIOMEGALY:
+        raise ValueError("cardiomegaly is the heart's size, not a lesion drawn into the lungs")
+    frame, lung_width = _frame_of_lungs(right, left)
+    big_x, big_y = frame.grid(image.shape, 1.0)
+    regions = _region_masks({"right": right, "left": left}, np.zeros(image.shape, bool))
+    cov = _lesion_coverage(rng, spec, regions, frame, lung_width, big_x, big_y, 1.0)
+    lo, hi = LESION_DENSITY[LesionType(spec.style)]
+    filled = cov * (lo + (hi - lo) * float(np.clip(spec.severity, 0.0, 1.0)))
+    if spec.style in (LesionType.PNEUMONIA, LesionType.OPACITY, LesionType.EDEMA):  # mottled, not uniform
+        filled *= 0.7 + 0.3 * _smooth_noise(rng, image.shape, 50)
+    if spec.style == LesionType.CONSOLIDATION and rng.random() < 0.6:
+        filled = filled * (1.0 - 0.45 * _air_bronchograms(rng, cov, frame, 1.0))
+
+    lungs = (right | left).astype(np.float32)
+    pixels = image.astype(np.float32)
+    sigma = 0.03 * max(image.shape)
+    weight = cv2.GaussianBlur(lungs, (0, 0), sigma)
+    local = cv2.GaussianBlur(pixels * lungs, (0, 0), sigma) / np.maximum(weight, 1e-3)
+    gain = np.maximum(_soft_tissue_level(image, right, left) - local, 0.0)
+    drawn = np.clip(np.rint(pixels + filled * gain), 0, 255).astype(np.uint8)
+
+    sides = _sides_of(spec.locations) or {"right", "left"}
+    home = right | left if len(sides) == 2 else (right if sides == {"right"} else left)
+    return drawn, (cov >= MASK_LEVEL) & home
 
 
 def _draw_marker(rng: np.random.Generator, image: np.ndarray, ap: bool) -> None:
