@@ -9,7 +9,8 @@ lung air subtracts, bone and fluid add), turned into gray levels with a random e
 the full size, and given noise and devices there; masks are rasterised at the full size.
 
 The lateral phantom uses the same approach with an anterior (-1, image left) to posterior (+1)
-frame; it carries no masks.
+frame; it carries no masks. `draw_into_radiograph` draws the same lesions into a real frontal
+radiograph whose lung masks are known, in the frame those masks give (bench/eval_insertion.py).
 """
 from __future__ import annotations
 
