@@ -54,7 +54,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from anatomy_models.base import AnatomyBackend, register, validated_options
 from anatomy_models.zones import ZONE_BOUNDS, ZoneBoundsOption, lower_border_band, lung_regions
 from schemas.vocab import Location
-from transforms.masks import disk, lowest_rows, mirrored_columns
+from transforms.masks import disk, gap_between, lowest_rows, mirrored_columns, row_borders
 from transforms.records import AnatomyResult
 
 RETROCARDIAC_LUNG = "retrocardiac lung"  # extra structure: the lung fields carried behind the heart, not seen aerated
@@ -199,7 +199,7 @@ def _spine_axis(midline: int, right: np.ndarray, left: np.ndarray) -> float:
     thorax_centre = (right_cols[0] + left_cols[-1]) / 2
     top, bottom = min(_extent(right)[0], _extent(left)[0]), max(_extent(right)[1], _extent(left)[1])
     rows = slice(top + int(0.15 * (bottom - top)), top + int(0.4 * (bottom - top)) + 1)
-    (right_has, _, right_last), (left_has, left_first, _) = _row_borders(right[rows]), _row_borders(left[rows])
+    (right_has, _, right_last), (left_has, left_first, _) = row_borders(right[rows]), row_borders(left[rows])
     both = right_has & left_has
     mediastinal_centre = float(np.median((right_last[both] + left_first[both]) / 2)) if both.any() else thorax_centre
     return float(np.median([midline, thorax_centre, mediastinal_centre]))
@@ -271,11 +271,11 @@ def _extend_behind_heart(field: np.ndarray, side: str, paraspinal: float, floor:
         return field
     start_x = float(medial(start_cols))
     rows = np.arange(start, floor + 1)
-    has, first, last = _row_borders(field[start : floor + 1])
+    has, first, last = row_borders(field[start : floor + 1])
     border, known = _carried_down(has, last if side == "right" else first)
     target = np.round(start_x + np.clip((rows - start) / max(1, hilum - start), 0.0, 1.0) * (paraspinal - start_x))
     # In the heart's rows the fill reaches no further out than the heart's edge on this side.
-    heart_has, heart_first, heart_last = _row_borders(heart[start : floor + 1])
+    heart_has, heart_first, heart_last = row_borders(heart[start : floor + 1])
     in_heart_rows = rows >= heart_rows[0]
     if side == "right":
         near = np.where(in_heart_rows, np.maximum(border, heart_first - 1), border)
@@ -362,18 +362,6 @@ def _extend_under_fluid(lung: np.ndarray, side: str, thorax_width: int, aerated:
     return extended
 
 
-def _gap_between(right_lung: np.ndarray, left_lung: np.ndarray, top: int, bottom: int) -> np.ndarray:
-    """Pixels between the right lung's medial (largest x) and the left lung's medial (smallest x) border."""
-    gap = np.zeros_like(right_lung)
-    top, bottom = max(top, 0), min(bottom, gap.shape[0] - 1)
-    (right_has, _, right_last), (left_has, left_first, _) = (_row_borders(right_lung[top : bottom + 1]),
-                                                            _row_borders(left_lung[top : bottom + 1]))
-    columns = np.arange(gap.shape[1])[None, :]
-    gap[top : bottom + 1] = ((columns > right_last[:, None]) & (columns < left_first[:, None])
-                             & (right_has & left_has)[:, None])
-    return gap
-
-
 def _cardiophrenic_row(lung: np.ndarray, side: str, top: int) -> int:
     """Row of the cardiophrenic angle: the lowest lung pixel between the lung's medial border at the heart's
     top and the lung's middle column (the lung's lower border next to the heart)."""
@@ -406,9 +394,9 @@ def _heart_outline(right: np.ndarray, left: np.ndarray, top: int, bottom: int) -
     heart = np.zeros(right.shape, bool)
     # Below the right cardiophrenic angle the right lung's medial border is the dome's (or a basal opacity's); the
     # left lung's medial border is the heart's down to the apex, which a large heart hides.
-    right_has, _, right_last = _row_borders(right[top : bottom + 1])
+    right_has, _, right_last = row_borders(right[top : bottom + 1])
     right_has &= np.arange(top, bottom + 1) <= _medial_base_row(right, "right")
-    left_has, left_first, _ = _row_borders(left[top : bottom + 1])
+    left_has, left_first, _ = row_borders(left[top : bottom + 1])
     (right_x, right_known), (left_x, left_known) = _carried_down(right_has, right_last), _carried_down(left_has, left_first)
     # The right border (the right atrium) bulges furthest out about halfway down and curves back in below; a lung
     # border further out lower down is the cardiophrenic recess narrowing onto the dome, not the heart.
@@ -439,11 +427,6 @@ def _cap_right_border(heart: np.ndarray, axis: int) -> np.ndarray:
     capped = heart.copy()
     capped[:, : max(0, axis - int(round(_RIGHT_HEART_SHARE * (cols[-1] - axis))))] = False
     return capped
-
-
-def _row_borders(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per row of a mask: whether it has pixels, its first and its last column (0 and width-1 where it has none)."""
-    return mask.any(axis=1), np.argmax(mask, axis=1), mask.shape[1] - 1 - np.argmax(mask[:, ::-1], axis=1)
 
 
 def _carried_down(has: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -518,7 +501,7 @@ def segment_lungs_and_heart(image: np.ndarray, work_size: int = 256, clahe_clip:
         edges = {side: _dilated(components[side], disk(_HEART_EDGE_DILATION * unit)) for side in components}
         heart = _cap_right_border(_heart_outline(edges["right"], edges["left"], heart_top, heart_bottom), int(round(axis)))
         apices = min(_extent(aerated[side])[0] for side in aerated)
-        mediastinum = _gap_between(aerated["right"], aerated["left"], apices, heart_bottom) | heart
+        mediastinum = gap_between(aerated["right"], aerated["left"], apices, heart_bottom) | heart
 
         # Behind the heart the right lower lobe reaches the diaphragm at the right cardiophrenic angle, the left
         # one the diaphragm under the heart, between that level and the heart's lowest point.

@@ -39,17 +39,8 @@ from anatomy_models.base import LesionPriorBackend, register
 from anatomy_models.classical_anatomy import RETROCARDIAC_LUNG
 from schemas.vocab import LesionType, Location
 from transforms.grounding import cardiothoracic_ratio
-from transforms.masks import below_lowest, disk, lowest_rows, mirrored_columns, ramp, resize_mask
+from transforms.masks import below_lowest, disk, lowest_rows, masked_gaussian, mirrored_columns, ramp, resize_mask
 from transforms.records import AnatomyResult, LesionPrior
-
-
-def masked_gaussian(image: np.ndarray, mask: np.ndarray, sigma: float, sigma_x: float | None = None) -> np.ndarray:
-    """Gaussian mean of `image` over `mask` only (normalised convolution); 0 where the mask has no support."""
-    weights = mask.astype(np.float32)
-    sx = sigma if sigma_x is None else sigma_x
-    numerator = cv2.GaussianBlur(image * weights, (0, 0), sigmaX=sx, sigmaY=sigma)
-    denominator = cv2.GaussianBlur(weights, (0, 0), sigmaX=sx, sigmaY=sigma)
-    return np.where(denominator > 1e-3, numerator / np.maximum(denominator, 1e-3), 0.0).astype(np.float32)
 
 
 def masked_opening(image: np.ndarray, mask: np.ndarray, diameter: int) -> np.ndarray:

@@ -27,7 +27,7 @@ from anatomy_models.base import load_configured
 from eval_anatomy import DEFAULT_DATA, load_lung_dev_set, split_sides
 from eval_grounding import print_vision_table, true_finding_outcome, write_outcomes
 from pipeline.config import load_config
-from pipeline.synth import BASAL_LOCATIONS, EDEMA_LOCATIONS, EFFUSION_LOCATIONS, FOCAL_LOCATIONS
+from pipeline.synth import BASAL_LOCATIONS, EDEMA_LOCATIONS, EFFUSION_LOCATIONS, FOCAL_LOCATIONS, pick_weighted
 from schemas.config import PipelineConfig
 from schemas.vocab import Certainty, LesionType, Presence
 from transforms.grounding import ImageToGround, ground_images
@@ -44,10 +44,7 @@ MIN_TRUE_AREA = 0.002  # of the image: a drawing the lung masks clipped to less 
 
 def draw_spec(rng: np.random.Generator, target: LesionType) -> LesionSpec:
     """A lesion of `target` at a location and severity drawn as the synthetic corpus draws them."""
-    options = LOCATIONS.get(target, FOCAL_LOCATIONS)
-    values, weights = zip(*options)
-    p = np.asarray(weights, dtype=float)
-    locations = tuple(sorted(str(x) for x in values[int(rng.choice(len(values), p=p / p.sum()))]))
+    locations = tuple(sorted(str(x) for x in pick_weighted(rng, LOCATIONS.get(target, FOCAL_LOCATIONS))))
     return LesionSpec(targets=(str(target),), style=str(target), locations=locations, severity=float(rng.uniform(0.05, 1.0)))
 
 

@@ -167,7 +167,8 @@ def _generator(seed: int, *stream: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence([seed, *stream]))
 
 
-def _weighted(rng: np.random.Generator, options):
+def pick_weighted(rng: np.random.Generator, options):
+    """One value of `options`, (value, weight) pairs, drawn in proportion to its weight."""
     values, weights = zip(*options)
     p = np.asarray(weights, dtype=float)
     return values[int(rng.choice(len(values), p=p / p.sum()))]
@@ -215,18 +216,18 @@ def _new_mention(rng: np.random.Generator, target: LesionType, change: str) -> M
     if target == LesionType.CARDIOMEGALY:
         return Mention((_fact(target, certainty(0.12), (Location.HEART,), severity, change),))
     if target == LesionType.EFFUSION:
-        return Mention((_fact(target, certainty(0.15), _weighted(rng, EFFUSION_LOCATIONS), severity, change),))
+        return Mention((_fact(target, certainty(0.15), pick_weighted(rng, EFFUSION_LOCATIONS), severity, change),))
     if target == LesionType.EDEMA:
-        return Mention((_fact(target, certainty(0.15), _weighted(rng, EDEMA_LOCATIONS), severity, change),))
+        return Mention((_fact(target, certainty(0.15), pick_weighted(rng, EDEMA_LOCATIONS), severity, change),))
     if target == LesionType.ATELECTASIS:
-        where = _weighted(rng, BASAL_LOCATIONS)
+        where = pick_weighted(rng, BASAL_LOCATIONS)
         if rng.random() < 0.15:  # "bibasilar atelectasis versus pneumonia"
             return Mention((_fact(target, Certainty.UNCERTAIN, where, severity),
                             _fact(LesionType.PNEUMONIA, Certainty.UNCERTAIN, where, severity)))
         return Mention((_fact(target, certainty(0.15), where, severity, change),))
-    where = _weighted(rng, FOCAL_LOCATIONS)
+    where = pick_weighted(rng, FOCAL_LOCATIONS)
     if target == LesionType.OPACITY and rng.random() < 0.45:
-        readings = _weighted(rng, (
+        readings = pick_weighted(rng, (
             (((LesionType.ATELECTASIS, Certainty.UNCERTAIN),), 0.3),
             (((LesionType.PNEUMONIA, Certainty.UNCERTAIN),), 0.3),
             (((LesionType.ATELECTASIS, Certainty.DEFINITE),), 0.15),
@@ -251,7 +252,7 @@ def _follow_up(rng: np.random.Generator, mention: Mention) -> list[Mention]:
     main = mention.facts[0]
     u = rng.random()
     if u < 0.6 or main.target == LesionType.CARDIOMEGALY:
-        change = _weighted(rng, (("unchanged", 0.45), ("increased", 0.2), ("decreased", 0.2), ("", 0.15)))
+        change = pick_weighted(rng, (("unchanged", 0.45), ("increased", 0.2), ("decreased", 0.2), ("", 0.15)))
         step = {"increased": 0.2, "decreased": -0.2}.get(change, 0.0)
         severity = float(round(np.clip(main.severity + step, 0.05, 1.0), 3))
         facts = [replace(f, severity=severity, change="") for f in mention.facts]
@@ -279,7 +280,7 @@ def _study_mentions(rng: np.random.Generator, primary: LesionType | None, prior:
 
     if primary is not None:
         wanted = [primary]
-        extra = int(_weighted(rng, ((0, 0.45), (1, 0.4), (2, 0.15))))
+        extra = int(pick_weighted(rng, ((0, 0.45), (1, 0.4), (2, 0.15))))
         for _ in range(extra):
             pool = COMPANIONS[wanted[-1]] if rng.random() < 0.7 else tuple(LesionType)
             wanted.append(LesionType(pool[int(rng.integers(len(pool)))]))
@@ -331,7 +332,7 @@ def plan_corpus(n_studies: int, seed: int = 0) -> list[SynthStudy]:
     rng = _generator(seed, _CORPUS)
     sizes = []
     while sum(sizes) < n_studies:
-        sizes.append(min(int(_weighted(rng, STUDIES_PER_SUBJECT)), n_studies - sum(sizes)))
+        sizes.append(min(int(pick_weighted(rng, STUDIES_PER_SUBJECT)), n_studies - sum(sizes)))
     subject_ids = _unique_ids(rng, len(sizes), 10_000_000, 20_000_000)
     study_ids = _unique_ids(rng, n_studies, 50_000_000, 60_000_000)
     splits = [str(Split.TRAIN)] * len(sizes)
@@ -356,7 +357,7 @@ def plan_corpus(n_studies: int, seed: int = 0) -> list[SynthStudy]:
         day = dt.date(int(srng.integers(2110, 2196)), 1, 1) + dt.timedelta(days=int(srng.integers(0, 365)))
         prior: tuple[Mention, ...] = ()
         for k in range(count):
-            kind = _weighted(srng, [(name, share) for name, (_, share) in STUDY_KINDS.items()])
+            kind = pick_weighted(srng, [(name, share) for name, (_, share) in STUDY_KINDS.items()])
             views = STUDY_KINDS[kind][0]
             images = []
             for view in views:
@@ -372,7 +373,7 @@ def plan_corpus(n_studies: int, seed: int = 0) -> list[SynthStudy]:
                 technique=TECHNIQUES[kind][int(srng.integers(len(TECHNIQUES[kind])))],
                 has_prior=k > 0 or srng.random() < 0.3,
                 devices=devices,
-                layout=_weighted(srng, LAYOUTS),
+                layout=pick_weighted(srng, LAYOUTS),
                 addendum=bool(srng.random() < ADDENDUM_RATE),
                 sex=sex,
             )
@@ -462,7 +463,7 @@ def _truth_row(study: SynthStudy, dicom_id: str | None, fact: Fact, visible: boo
 def _metadata_row(study: SynthStudy, image: SynthImage, rng: np.random.Generator) -> dict:
     procedure = study.context.examination
     if image.view == "AP":
-        orientation = _weighted(rng, (("Erect", 0.5), ("Recumbent", 0.3), ("", 0.2)))
+        orientation = pick_weighted(rng, (("Erect", 0.5), ("Recumbent", 0.3), ("", 0.2)))
     else:
         orientation = "Erect"
     processing = PROCESSING[image.view]

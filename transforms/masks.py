@@ -1,4 +1,5 @@
-"""Mask encoding: COCO compressed RLE (pycocotools), content-hash ids, boxes, resizing."""
+"""Mask encoding: COCO compressed RLE (pycocotools), content-hash ids, boxes, resizing; and the mask geometry the
+vision backends and the phantom share."""
 from __future__ import annotations
 
 import hashlib
@@ -139,3 +140,29 @@ def dilate(mask: np.ndarray, radius_px: int) -> np.ndarray:
         return mask.astype(bool)
     outside = (~mask.astype(bool)).astype(np.uint8)
     return cv2.distanceTransform(outside, cv2.DIST_L2, 5) <= radius_px
+
+
+def row_borders(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per row of a mask: whether it has pixels, its first and its last column (0 and width-1 where it has none)."""
+    return mask.any(axis=1), np.argmax(mask, axis=1), mask.shape[1] - 1 - np.argmax(mask[:, ::-1], axis=1)
+
+
+def gap_between(right_lung: np.ndarray, left_lung: np.ndarray, top: int, bottom: int) -> np.ndarray:
+    """Pixels between the right lung's medial (largest x) and the left lung's medial (smallest x) border."""
+    gap = np.zeros_like(right_lung)
+    top, bottom = max(top, 0), min(bottom, gap.shape[0] - 1)
+    (right_has, _, right_last), (left_has, left_first, _) = (row_borders(right_lung[top : bottom + 1]),
+                                                            row_borders(left_lung[top : bottom + 1]))
+    columns = np.arange(gap.shape[1])[None, :]
+    gap[top : bottom + 1] = ((columns > right_last[:, None]) & (columns < left_first[:, None])
+                             & (right_has & left_has)[:, None])
+    return gap
+
+
+def masked_gaussian(image: np.ndarray, mask: np.ndarray, sigma: float, sigma_x: float | None = None) -> np.ndarray:
+    """Gaussian mean of `image` over `mask` only (normalised convolution); 0 where the mask has no support."""
+    weights = mask.astype(np.float32)
+    sx = sigma if sigma_x is None else sigma_x
+    numerator = cv2.GaussianBlur(image * weights, (0, 0), sigmaX=sx, sigmaY=sigma)
+    denominator = cv2.GaussianBlur(weights, (0, 0), sigmaX=sx, sigmaY=sigma)
+    return np.where(denominator > 1e-3, numerator / np.maximum(denominator, 1e-3), 0.0).astype(np.float32)

@@ -22,7 +22,7 @@ import numpy as np
 
 from anatomy_models.zones import ZONE_BOUNDS
 from schemas.vocab import LUNG_BY_SIDE, ZONES_BY_SIDE, LesionType, Location
-from transforms.masks import lowest_rows
+from transforms.masks import gap_between, lowest_rows, masked_gaussian
 
 # Long side, in pixels, of the canvas the attenuation map is composed on before enlarging (the
 # lateral, which no mask is taken from, is composed smaller).
@@ -836,13 +836,7 @@ def _frame_of_lungs(right: np.ndarray, left: np.ndarray) -> tuple[_Frame, dict[s
 def _soft_tissue_level(image: np.ndarray, right: np.ndarray, left: np.ndarray) -> float:
     """Median intensity between the lungs over their lower half (heart and mediastinum): lung without its air."""
     rows = np.flatnonzero((right | left).any(axis=1))
-    lower = slice(int((rows[0] + rows[-1]) / 2), int(rows[-1]) + 1)
-    has = right[lower].any(axis=1) & left[lower].any(axis=1)
-    right_edge = right.shape[1] - 1 - np.argmax(right[lower][:, ::-1], axis=1)
-    left_edge = np.argmax(left[lower], axis=1)
-    columns = np.arange(image.shape[1])[None, :]
-    between = has[:, None] & (columns > right_edge[:, None]) & (columns < left_edge[:, None])
-    values = image[lower][between]
+    values = image[gap_between(right, left, int((rows[0] + rows[-1]) / 2), int(rows[-1]))]
     return float(np.median(values)) if values.size else float(np.quantile(image[right | left], 0.99))
 
 
@@ -869,11 +863,8 @@ def draw_into_radiograph(rng: np.random.Generator, image: np.ndarray, right: np.
     if spec.style == LesionType.CONSOLIDATION and rng.random() < 0.6:
         filled = filled * (1.0 - 0.45 * _air_bronchograms(rng, cov, frame, 1.0))
 
-    lungs = (right | left).astype(np.float32)
     pixels = image.astype(np.float32)
-    sigma = 0.03 * max(image.shape)
-    weight = cv2.GaussianBlur(lungs, (0, 0), sigma)
-    local = cv2.GaussianBlur(pixels * lungs, (0, 0), sigma) / np.maximum(weight, 1e-3)
+    local = masked_gaussian(pixels, right | left, 0.03 * max(image.shape))
     gain = np.maximum(_soft_tissue_level(image, right, left) - local, 0.0)
     drawn = np.clip(np.rint(pixels + filled * gain), 0, 255).astype(np.uint8)
 
