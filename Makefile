@@ -25,6 +25,7 @@ bench: setup
 	$(PY) bench/bench_structuring.py
 	$(PY) bench/bench_pipeline.py
 	$(PY) bench/bench_vision_backends.py
+	$(PY) bench/bench_sam_memory.py
 
 eval-nlp: setup
 	$(PY) bench/eval_nlp.py

@@ -1,7 +1,7 @@
 """Segment Anything refinement: one image embedding per image, every candidate box prompted in one batch.
 
 Several images (a batch of the DAG) are encoded `encode_batch` at a time: on an H100 a batch of 8 takes vit_h's
-encoder from 68 to 49 ms per image.
+encoder from 68 to 49 ms per image. A batch the GPU has no memory for is halved until it fits.
 
 Each candidate gives a box prompt and, optionally, one positive point at the deepest point of its prior
 component (so a loose box around a small lesion still says which object is meant). SAM returns three
@@ -14,6 +14,7 @@ one gray channel (SAM's own resize goes through PIL on three equal RGB channels:
 """
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -27,6 +28,8 @@ from transforms.records import Box, RefinedMask
 
 if TYPE_CHECKING:
     import torch
+
+logger = logging.getLogger(__name__)
 
 # Official checkpoints, from the segment-anything README (facebookresearch/segment-anything).
 SAM_CHECKPOINT_URLS = {
@@ -126,13 +129,38 @@ class SamRefiner(MaskRefiner):
         if not todo:
             return results
         self.load()
-        for start in range(0, len(todo), self.encode_batch):
+        start = 0
+        while start < len(todo):
             chunk = todo[start: start + self.encode_batch]
             grays = [_gray(requests[index][0]) for index in chunk]
-            for index, gray, features in zip(chunk, grays, self._encode(grays)):
+            encoded = self._encode_within_memory(grays)
+            if encoded is None:
+                continue  # the batch was halved: the same images again, fewer at a time
+            for index, gray, features in zip(chunk, grays, encoded):
                 _, boxes, seeds = requests[index]
                 results[index] = self._decode(gray, features, boxes, seeds)
+            start += len(chunk)
         return results
+
+    def _encode_within_memory(self, grays: list[np.ndarray]) -> list[tuple[torch.Tensor, tuple[int, int]]] | None:
+        """`_encode`, or None after halving `encode_batch` when the GPU ran out of memory for this many images.
+
+        Several Beam workers share a GPU, and each encoder pass over 8 images at 1024 px holds gigabytes (global
+        attention): on an H100, 8 workers with SAM vit_b at a batch of 8 filled its 80 GB. The batch stays halved
+        for the rest of this worker's life, since the other workers' memory stays taken. A single image that does
+        not fit is an error."""
+        import torch
+
+        try:
+            return self._encode(grays)
+        except torch.cuda.OutOfMemoryError:
+            if len(grays) == 1:
+                raise
+        torch.cuda.empty_cache()  # outside the handler: the failed pass's tensors, which its traceback held, are free
+        self.encode_batch = max(1, len(grays) // 2)
+        logger.warning("refiner 'sam': GPU out of memory encoding %d images at once; now %d at a time",
+                       len(grays), self.encode_batch)
+        return None
 
     def _encode(self, grays: list[np.ndarray]) -> list[tuple[torch.Tensor, tuple[int, int]]]:
         """(image embedding 1×256×64×64 in fp32, encoder input size) per image, from one encoder pass over all."""

@@ -160,6 +160,47 @@ def test_sam_encodes_several_images_in_one_pass_and_decodes_each_against_its_own
         SamRefiner(checkpoint=tiny_sam_checkpoint, model_type="vit_test", device="cpu", encode_batch=0)
 
 
+def _out_of_memory_above(refiner, most: int) -> list[int]:
+    """The refiner's image encoder fails as CUDA does when a pass holds more than `most` images; returns the batch
+    size of every pass that ran."""
+    import torch
+
+    def check(module, args):
+        if args[0].shape[0] > most:
+            raise torch.cuda.OutOfMemoryError(f"CUDA out of memory: {args[0].shape[0]} images (simulated)")
+
+    refiner.load()
+    refiner._predictor.model.image_encoder.register_forward_pre_hook(check)
+    return _encoded_images(refiner)
+
+
+def test_sam_halves_its_encoder_batch_when_the_gpu_runs_out_of_memory(tiny_sam_checkpoint, caplog):
+    import torch
+
+    from anatomy_models.sam_refiner import SamRefiner
+
+    requests = []
+    for index in range(5):
+        shape = (150 + 10 * index, 160)
+        lesion = ellipse(shape, shape[0] // 2, 80, 20, 18)
+        seed = prior_component(lesion)
+        requests.append((draw(lung_scene(shape, seed=index), lesion, density=0.3), [loose_box(seed, 0.2, shape)], [seed]))
+    expected = SamRefiner(checkpoint=tiny_sam_checkpoint, model_type="vit_test", device="cpu").refine_images(requests)
+    refiner = SamRefiner(checkpoint=tiny_sam_checkpoint, model_type="vit_test", device="cpu", encode_batch=4)
+    passes = _out_of_memory_above(refiner, 2)
+    with caplog.at_level("WARNING", logger="anatomy_models.sam_refiner"):
+        results = refiner.refine_images(requests)
+    assert passes == [2, 2, 1] and refiner.encode_batch == 2  # halved once, and it stays so
+    assert "out of memory encoding 4 images at once; now 2 at a time" in caplog.text
+    for got, want in zip(results, expected):
+        assert len(got) == 1 and iou(got[0].mask, want[0].mask) > 0.99 and abs(got[0].score - want[0].score) < 1e-3
+
+    single = SamRefiner(checkpoint=tiny_sam_checkpoint, model_type="vit_test", device="cpu")
+    _out_of_memory_above(single, 0)
+    with pytest.raises(torch.cuda.OutOfMemoryError):  # one image that does not fit: nothing left to halve
+        single.refine_images(requests[:1])
+
+
 @pytest.mark.parametrize("shape", [(180, 150), (150, 333), (512, 512)])
 def test_sam_encoder_input_matches_sams_own_transform(tiny_sam_checkpoint, shape):
     import torch
